@@ -1,0 +1,16 @@
+# pg_redis: `make demo` and `make test` set up everything they need (see README.md).
+SHELL := /bin/bash
+
+.PHONY: setup demo test stop
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/demo.sh
+
+test: setup
+	@scripts/test.sh
+
+stop:
+	@target/release/pg_redis_dev down demo

@@ -1,0 +1,47 @@
+//! The boundary between pg_redis errors and SQL: every failure becomes an ERROR with a real
+//! SQLSTATE and a message naming what was wrong.
+
+use pg_redis_shared::{Error, ErrorKind};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub fn sqlstate(e: &Error) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match e.kind() {
+        ErrorKind::InvalidInput => ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
+        ErrorKind::Unmapped => ERRCODE_UNDEFINED_OBJECT,
+        ErrorKind::Unavailable => ERRCODE_CONNECTION_FAILURE,
+        ErrorKind::Remote => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+        ErrorKind::Timeout => ERRCODE_QUERY_CANCELED,
+        ErrorKind::Busy => ERRCODE_INSUFFICIENT_RESOURCES,
+        ErrorKind::Corrupt => ERRCODE_DATA_CORRUPTED,
+    }
+}
+
+/// Raises `e` as an SQL ERROR (does not return).
+pub fn raise(e: Error) -> ! {
+    ErrorReport::new(sqlstate(&e), e.to_string(), "pg_redis").report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return") // ok: report(ERROR) unwinds
+}
+
+/// Raises an ERROR with an explicit SQLSTATE, message and hint.
+pub fn raise_with(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str>) -> ! {
+    let mut r = ErrorReport::new(code, message.into(), "pg_redis");
+    if let Some(h) = hint {
+        r = r.set_hint(h);
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return") // ok: report(ERROR) unwinds
+}
+
+pub trait OrRaise<T> {
+    /// The value, or the error raised as an SQL ERROR.
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, Error> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| raise(e))
+    }
+}

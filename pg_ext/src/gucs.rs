@@ -1,0 +1,115 @@
+//! Settings (`pg_redis.*`). Everything but the launcher's database can change with
+//! `ALTER SYSTEM` + `SELECT pg_reload_conf()`; the worker rereads them on SIGHUP.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// Where changes go. Superuser-only: it may carry a password, and it is never shown to others.
+pub static REDIS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"redis://127.0.0.1:6379"));
+pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+pub static COMMAND_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static STREAM_MAXLEN: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+pub static RETRY_MIN_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static RETRY_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"pg_redis.url",
+        c"Redis server that receives changes and serves redis.* functions.",
+        c"redis://[user[:password]@]host[:port][/db], or rediss:// for TLS. Only superusers can read or set it.",
+        &REDIS_URL,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.connect_timeout_ms",
+        c"How long connecting to Redis may take.",
+        c"",
+        &CONNECT_TIMEOUT_MS,
+        10,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.command_timeout_ms",
+        c"How long one Redis command or pipeline may take before it is treated as failed.",
+        c"",
+        &COMMAND_TIMEOUT_MS,
+        10,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.batch_size",
+        c"How many outbox events the worker delivers per Redis pipeline.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.stream_maxlen",
+        c"Approximate cap on each change stream (XADD MAXLEN ~). 0 leaves streams untrimmed.",
+        c"",
+        &STREAM_MAXLEN,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.retry_min_ms",
+        c"First wait before retrying delivery after Redis failed.",
+        c"Each further failure doubles the wait, up to pg_redis.retry_max_ms.",
+        &RETRY_MIN_MS,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.retry_max_ms",
+        c"Longest wait between delivery retries while Redis is failing.",
+        c"",
+        &RETRY_MAX_MS,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_redis.launcher_database",
+        c"Database the launcher connects to in order to list databases.",
+        c"The launcher starts one delivery worker for each database where the extension is installed.",
+        &LAUNCHER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// The configured Redis URL ("" when unset).
+pub fn redis_url() -> String {
+    REDIS_URL.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn launcher_database() -> String {
+    LAUNCHER_DATABASE.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+}
+
+fn ms(v: i32) -> std::time::Duration {
+    std::time::Duration::from_millis(v.max(1) as u64)
+}
+
+pub fn connect_timeout() -> std::time::Duration {
+    ms(CONNECT_TIMEOUT_MS.get())
+}
+
+pub fn command_timeout() -> std::time::Duration {
+    ms(COMMAND_TIMEOUT_MS.get())
+}

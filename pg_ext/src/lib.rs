@@ -1,0 +1,55 @@
+//! pg_redis: PostgreSQL pushes committed row changes to Redis, durably and in order.
+//!
+//! - `capture`: triggers append each change to an outbox in the user's transaction.
+//! - `worker`: a background worker per database drains the outbox into Redis.
+//! - `api`: the SQL surface (schema `redis`).
+
+use pgrx::prelude::*;
+
+mod api;
+mod errors;
+mod gucs;
+mod redis_client;
+
+::pgrx::pg_module_magic!();
+
+/// Whether the library was loaded through `shared_preload_libraries` (the background worker
+/// and shared memory exist only then).
+static mut PRELOADED: bool = false;
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+    // SAFETY: read once at load; written only here, before any other code of ours runs.
+    unsafe {
+        PRELOADED = pg_sys::process_shared_preload_libraries_in_progress;
+    }
+}
+
+pub fn preloaded() -> bool {
+    // SAFETY: set once in _PG_init, read-only afterwards.
+    unsafe { PRELOADED }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn url_is_superuser_only() {
+        let flags = Spi::get_one::<String>("SELECT array_to_string(ARRAY[context], ',') FROM pg_settings WHERE name = 'pg_redis.url'");
+        assert_eq!(flags, Ok(Some("superuser".to_string())));
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // Port 1 refuses connections at once: no test here reaches a real Redis.
+        vec!["shared_preload_libraries = 'pg_redis'", "pg_redis.url = 'redis://127.0.0.1:1'"]
+    }
+}

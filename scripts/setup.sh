@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what pg_redis needs on Debian 12 (as root, or with sudo), then builds both halves in
+# release mode and installs the extension into the system PostgreSQL 15. Idempotent: every
+# step checks first and skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGRX_VERSION=0.18.1
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 redis-server libclang-dev clang pkg-config sudo)
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+timed() { local t0=$SECONDS; "$@"; printf '    (%ss)\n' $((SECONDS - t0)); }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "Installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  timed as_root apt-get update -qq
+  timed as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  step "Debian packages: already installed"
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
+  step "Installing cargo-pgrx $PGRX_VERSION (takes about 5 minutes once)"
+  timed cargo install --locked --quiet cargo-pgrx --version "$PGRX_VERSION"
+else
+  step "cargo-pgrx $PGRX_VERSION: already installed"
+fi
+
+PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
+if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
+  step "Pointing pgrx at the system PostgreSQL 15"
+  cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+fi
+
+step "Building and installing the PostgreSQL extension (release)"
+timed cargo pgrx install --release --package pg_redis --pg-config "$PG_CONFIG" $( [ "$(id -u)" = 0 ] || echo --sudo )
+
+step "Building the Redis module (release)"
+timed cargo build --release --quiet --package redis_pg
+echo "    $(pwd)/target/release/libredis_pg.so"
+
+step "Building the test harness and tools"
+timed cargo build --release --quiet --package pg_redis_tests --bins

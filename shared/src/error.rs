@@ -1,0 +1,99 @@
+//! The one error type of pg_redis. Each half maps it at its boundary: `pg_ext` to an SQL ERROR
+//! with a real SQLSTATE, `redis_mod` to an error reply with a clear prefix. Messages name what
+//! was wrong and, where it helps, what to do; they never contain a password.
+
+use std::fmt;
+
+/// What kind of failure this is, so each boundary can choose its SQLSTATE or reply prefix
+/// without matching on every variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller passed something invalid (a template, a format, a TTL, a key).
+    InvalidInput,
+    /// A column named by the caller does not exist.
+    UndefinedColumn,
+    /// A key matches no table mapping.
+    Unmapped,
+    /// A remote server (PostgreSQL or Redis) cannot be reached.
+    Unavailable,
+    /// A remote server answered with an error.
+    Remote,
+    /// A deadline passed.
+    Timeout,
+    /// A bounded queue is full.
+    Busy,
+    /// Stored data does not have the shape it must have.
+    Corrupt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("invalid key template \"{template}\": {reason}")]
+    InvalidTemplate { template: String, reason: String },
+
+    #[error("column \"{column}\" does not exist in table {table}")]
+    UndefinedColumn { table: String, column: String },
+
+    #[error("key \"{key}\" does not match the key template \"{template}\": {reason}")]
+    KeyMismatch { key: String, template: String, reason: String },
+
+    #[error("key column \"{column}\" is NULL, so the row has no Redis key")]
+    NullKeyColumn { column: String },
+
+    #[error("key column \"{column}\" is missing from the row")]
+    MissingKeyColumn { column: String },
+
+    #[error("invalid {what} {value}: {reason}")]
+    InvalidValue { what: &'static str, value: String, reason: String },
+
+    #[error("key \"{key}\" belongs to no synced table (see redis.tables in PostgreSQL)")]
+    UnmappedKey { key: String },
+
+    #[error("key templates \"{first}\" ({first_table}) and \"{second}\" ({second_table}) overlap: a key could belong to either table; give one of them a distinct prefix")]
+    AmbiguousTemplates { first: String, first_table: String, second: String, second_table: String },
+
+    #[error("row is not a JSON object: {reason}")]
+    MalformedRow { reason: String },
+
+    #[error("{server} is unavailable: {reason}")]
+    Unavailable { server: &'static str, reason: String },
+
+    #[error("{server} replied with an error: {message}")]
+    Remote { server: &'static str, message: String },
+
+    #[error("timed out after {ms} ms: {what}")]
+    Timeout { what: String, ms: u64 },
+
+    #[error("busy: {what}")]
+    Busy { what: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidTemplate { .. }
+            | Error::KeyMismatch { .. }
+            | Error::NullKeyColumn { .. }
+            | Error::MissingKeyColumn { .. }
+            | Error::InvalidValue { .. }
+            | Error::AmbiguousTemplates { .. } => ErrorKind::InvalidInput,
+            Error::UndefinedColumn { .. } => ErrorKind::UndefinedColumn,
+            Error::UnmappedKey { .. } => ErrorKind::Unmapped,
+            Error::MalformedRow { .. } => ErrorKind::Corrupt,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Remote { .. } => ErrorKind::Remote,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Busy { .. } => ErrorKind::Busy,
+        }
+    }
+
+    pub fn invalid_template(template: &str, reason: impl fmt::Display) -> Self {
+        Error::InvalidTemplate { template: template.to_owned(), reason: reason.to_string() }
+    }
+
+    pub fn invalid_value(what: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        Error::InvalidValue { what, value: value.to_string(), reason: reason.to_string() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,18 @@
+//! The vocabulary both halves of pg_redis share: the PostgreSQL extension (`pg_ext`) and the
+//! Redis module (`redis_mod`) link this crate, so a row is keyed and encoded the same way
+//! whichever side writes it. Plain Rust: no FFI, no server APIs.
+
+pub mod apply;
+pub mod encoding;
+pub mod error;
+pub mod event;
+pub mod key_template;
+pub mod mapping;
+pub mod redact;
+pub mod sql;
+
+pub use encoding::Row;
+pub use error::{Error, ErrorKind, Result};
+pub use event::{ChangeEvent, Op, Source};
+pub use key_template::KeyTemplate;
+pub use mapping::{Encoded, Format, MappingSet, TableMapping};
