@@ -60,15 +60,16 @@ CREATE TABLE redis.dead_letter (
     failed_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- Delivery bookkeeping per synced table (NULL table: queued commands), kept by the worker.
+-- Delivery bookkeeping per synced table (scope = the table's oid) and for queued commands
+-- (scope = 'commands'), kept by the worker.
 CREATE TABLE redis.delivery (
-    table_name        regclass UNIQUE,
+    scope             text PRIMARY KEY,
+    table_name        regclass,
     delivered         bigint NOT NULL DEFAULT 0,
     last_delivered_at timestamptz,
     last_error        text,
     last_error_at     timestamptz
 );
-CREATE UNIQUE INDEX delivery_commands ON redis.delivery ((table_name IS NULL)) WHERE table_name IS NULL;
 
 -- What is synced, one row per table (the active mapping versions).
 CREATE VIEW redis.tables AS

@@ -7,9 +7,11 @@
 use pgrx::prelude::*;
 
 mod api;
+mod capture;
 mod errors;
 mod gucs;
 mod redis_client;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -23,6 +25,11 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: read once at load; written only here, before any other code of ours runs.
     unsafe {
         PRELOADED = pg_sys::process_shared_preload_libraries_in_progress;
+        pg_sys::MarkGUCPrefixReserved(c"pg_redis".as_ptr());
+    }
+    if preloaded() {
+        worker::registry::init_shmem();
+        worker::register_launcher();
     }
 }
 

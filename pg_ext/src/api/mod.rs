@@ -1,3 +1,47 @@
 //! The SQL surface, all in schema `redis` (the extension's schema).
 
 mod direct;
+mod privileges;
+mod status;
+mod sync;
+
+use pgrx::prelude::*;
+
+extension_sql_file!("../../../sql/pg_redis_objects.sql", name = "catalog", bootstrap);
+
+extension_sql!(
+    r#"
+CREATE VIEW redis.status AS
+WITH queued AS (
+    SELECT coalesce(m.table_name::oid::text, 'commands') AS scope, count(*) AS queued, min(o.captured_at) AS oldest
+      FROM redis.outbox o LEFT JOIN redis.mapping m ON m.id = o.mapping_id
+     GROUP BY 1
+), scopes AS (
+    SELECT table_name::oid::text AS scope, table_name FROM redis.tables
+    UNION SELECT scope, table_name FROM redis.delivery
+    UNION SELECT scope, NULL FROM queued
+)
+SELECT s.table_name,
+       coalesce(q.queued, 0) AS queued,
+       coalesce(d.delivered, 0) AS delivered,
+       clock_timestamp() - q.oldest AS lag,
+       d.last_delivered_at,
+       d.last_error,
+       d.last_error_at,
+       w.pid AS worker_pid,
+       w.state AS worker_state
+  FROM (SELECT DISTINCT ON (scope) scope, table_name FROM scopes ORDER BY scope, table_name NULLS LAST) s
+  LEFT JOIN queued q USING (scope)
+  LEFT JOIN redis.delivery d USING (scope)
+ CROSS JOIN redis.worker_status() w
+ ORDER BY s.table_name NULLS LAST;
+
+-- Nothing here is for PUBLIC: an administrator grants what each role needs (see README).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA redis FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA redis FROM PUBLIC;
+
+SELECT redis._start_worker();
+"#,
+    name = "finish",
+    finalize
+);

@@ -1,0 +1,405 @@
+//! Choosing what is synced: `redis.sync_table`, `redis.unsync_table`, `redis.resync`.
+//!
+//! Each runs in the caller's transaction and takes a SHARE ROW EXCLUSIVE lock on the table, so
+//! no writer interleaves between installing the triggers and queueing the backfill: a row's
+//! backfill event always comes before any later change of it in the outbox.
+
+use crate::api::privileges::{as_extension_owner, require_owner};
+use crate::capture::wake;
+use crate::errors::{raise, raise_with, OrRaise};
+use pg_redis_shared::apply::mappings_changed_key;
+use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow};
+use pg_redis_shared::{Error, Format, KeyTemplate, TableMapping};
+use pgrx::pg_sys::panic::ErrorReportable;
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+
+/// Blocks scanned per backfill statement (progress is reported after each).
+const BACKFILL_BLOCKS: i64 = 4096;
+
+struct Column {
+    name: String,
+    sql_type: String,
+    not_null: bool,
+}
+
+/// Starts syncing a table to Redis (or updates its mapping): validates everything, stores the
+/// mapping, installs the capture triggers and, with `backfill`, queues every existing row.
+/// Returns the number of rows queued for backfill.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_table(
+    tbl: PgRelation,
+    key: default!(Option<&str>, "NULL"),
+    format: default!(Option<&str>, "'json'"),
+    ttl: default!(Option<i32>, "NULL"),
+    columns: default!(Option<Vec<Option<String>>>, "NULL"),
+    stream: default!(Option<bool>, "true"),
+    channel: default!(Option<&str>, "NULL"),
+    backfill: default!(Option<bool>, "true"),
+) -> i64 {
+    require_preloaded();
+    let table = Table::check(&tbl);
+    let cols = table_columns(table.oid);
+    let template = match key {
+        None => {
+            let pk = primary_key(table.oid, &table.display);
+            KeyTemplate::default_for(&table.schema, &table.name, &pk.iter().map(String::as_str).collect::<Vec<_>>()).or_raise()
+        }
+        Some(t) => KeyTemplate::parse(t).or_raise(),
+    };
+    template.check_columns(&table.display, cols.iter().map(|c| c.name.as_str())).or_raise();
+    let mut key_types = Vec::new();
+    for kc in template.columns() {
+        let c = cols.iter().find(|c| c.name == kc).map(|c| (c.sql_type.clone(), c.not_null)).unwrap_or_default();
+        if !c.1 {
+            raise_with(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("key column \"{kc}\" of table {} can be NULL, so some rows would have no Redis key", table.display),
+                Some("declare the column NOT NULL, or build the key from NOT NULL columns"),
+            );
+        }
+        key_types.push(c.0);
+    }
+    let format: Format = format.unwrap_or("json").parse().or_raise();
+    if let Some(t) = ttl {
+        if t <= 0 {
+            raise(Error::invalid_value("ttl", t, "it must be a positive number of seconds (or NULL for no expiry)"));
+        }
+    }
+    let columns: Option<Vec<String>> = columns.map(|c| c.into_iter().flatten().collect());
+    if let Some(c) = &columns {
+        if c.is_empty() {
+            raise(Error::invalid_value("columns", "'{}'", "name at least one column, or pass NULL for every column"));
+        }
+        for name in c {
+            if !cols.iter().any(|tc| &tc.name == name) {
+                raise(Error::UndefinedColumn { table: table.display.clone(), column: name.clone() });
+            }
+        }
+    }
+    if let Some(ch) = channel {
+        if ch.is_empty() {
+            raise(Error::invalid_value("channel", "''", "name a channel, or pass NULL for no PUBLISH"));
+        }
+    }
+    let database = current_database();
+    let stream_key = stream.unwrap_or(true).then(|| default_stream_key(&database, &table.schema, &table.name));
+    let mapping = TableMapping {
+        id: 0,
+        schema: table.schema.clone(),
+        table: table.name.clone(),
+        key: template,
+        key_types,
+        format,
+        ttl: ttl.map(|t| t as u32),
+        columns,
+        stream_key,
+        channel: channel.map(str::to_owned),
+    };
+    let queued = as_extension_owner(|| {
+        lock(&table);
+        check_against_other_mappings(&mapping, table.oid);
+        let previous = Spi::get_two_with_args::<i64, String>("SELECT id, key_template FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", &[table.oid.into()]);
+        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE table_name = $1::oid::regclass AND active", &[table.oid.into()]).unwrap_or_report();
+        let id = insert_mapping(&mapping, table.oid);
+        if let Ok((Some(old_id), Some(ref old_template))) = previous {
+            if old_template.as_str() != mapping.key.as_str() {
+                // Keys of the old template would linger: delete them first, in order.
+                queue_row_event(old_id, 't');
+            }
+        }
+        install_triggers(&table, id);
+        queue_mappings_changed(&database, id);
+        let queued = if backfill.unwrap_or(true) { queue_rows(&table, id) } else { 0 };
+        if let Ok((Some(_), _)) = previous {
+            notice!("pg_redis: mapping of {} updated", table.display);
+        }
+        queued
+    });
+    wake::after_commit();
+    queued
+}
+
+/// Stops syncing a table: removes its triggers and mapping. With `purge`, its keys are
+/// deleted from Redis too (in order, after every change already queued).
+#[pg_extern(volatile, parallel_unsafe)]
+fn unsync_table(tbl: PgRelation, purge: default!(Option<bool>, "false")) {
+    let table = Table::check(&tbl);
+    as_extension_owner(|| {
+        lock(&table);
+        let id = active_mapping_id(&table);
+        drop_triggers(&table);
+        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[id.into()]).unwrap_or_report();
+        if purge.unwrap_or(false) {
+            queue_row_event(id, 't');
+        }
+        queue_mappings_changed(&current_database(), id);
+    });
+    wake::after_commit();
+}
+
+/// Pushes every row again and deletes keys whose rows no longer exist (repairs drift, e.g.
+/// after Redis lost data). Returns the number of rows queued.
+#[pg_extern(volatile, parallel_unsafe)]
+fn resync(tbl: PgRelation) -> i64 {
+    require_preloaded();
+    let table = Table::check(&tbl);
+    let n = as_extension_owner(|| {
+        lock(&table);
+        let id = active_mapping_id(&table);
+        let n = queue_rows(&table, id);
+        queue_row_event(id, 'S');
+        n
+    });
+    wake::after_commit();
+    n
+}
+
+fn require_preloaded() {
+    if !crate::preloaded() {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_redis is not in shared_preload_libraries, so no background worker would deliver changes",
+            Some("add pg_redis to shared_preload_libraries in postgresql.conf and restart PostgreSQL"),
+        );
+    }
+}
+
+/// A synced table, checked: its kind, persistence and ownership.
+pub(crate) struct Table {
+    pub oid: pg_sys::Oid,
+    pub schema: String,
+    pub name: String,
+    /// How messages name it (schema-qualified unless public).
+    pub display: String,
+    /// How SQL names it.
+    pub quoted: String,
+}
+
+impl Table {
+    pub(crate) fn check(rel: &PgRelation) -> Table {
+        let oid = rel.oid();
+        let schema = rel.namespace().to_owned();
+        let name = rel.name().to_owned();
+        let display = if schema == "public" { name.clone() } else { format!("{schema}.{name}") };
+        let quoted = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        // SAFETY: rd_rel is valid while the relation is open.
+        let (kind, persistence) = unsafe { ((*rel.rd_rel).relkind as u8, (*rel.rd_rel).relpersistence as u8) };
+        match kind {
+            b'r' | b'p' => {}
+            other => {
+                let what = match other {
+                    b'v' => "a view",
+                    b'm' => "a materialized view",
+                    b'f' => "a foreign table",
+                    b'S' => "a sequence",
+                    b'i' | b'I' => "an index",
+                    b'c' => "a composite type",
+                    _ => "not a table",
+                };
+                raise_with(
+                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                    format!("{display} is {what}; only tables (plain or partitioned) can be synced to Redis"),
+                    Some("sync the table(s) it reads from instead"),
+                );
+            }
+        }
+        if persistence == b't' {
+            raise_with(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("{display} is a temporary table; its rows are private to one session and cannot be synced"),
+                None,
+            );
+        }
+        require_owner(oid, &display);
+        if persistence == b'u' {
+            notice!("pg_redis: {display} is UNLOGGED: after a crash PostgreSQL empties it, and its keys in Redis are not removed until you call redis.resync('{display}')");
+        }
+        Table { oid, schema, name, display, quoted }
+    }
+}
+
+fn lock(t: &Table) {
+    Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.quoted)).unwrap_or_report();
+}
+
+fn current_database() -> String {
+    Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
+}
+
+fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            None,
+            &[oid.into()],
+        )
+        .unwrap_or_report()
+        .map(|r| Column {
+            name: r.get(1).ok().flatten().unwrap_or_default(),
+            sql_type: r.get(2).ok().flatten().unwrap_or_default(),
+            not_null: r.get(3).ok().flatten().unwrap_or(false),
+        })
+        .collect()
+    })
+}
+
+/// Primary-key columns in index order; an error naming the table when there is none.
+fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
+    let cols: Vec<String> = Spi::connect(|c| {
+        c.select(
+            "SELECT a.attname::text FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+            None,
+            &[oid.into()],
+        )
+        .unwrap_or_report()
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect()
+    });
+    if cols.is_empty() {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("table {display} has no primary key, so pg_redis cannot tell which key a row belongs to"),
+            Some("add a primary key, or name the key columns: redis.sync_table('t', key => 't:{col}')"),
+        );
+    }
+    cols
+}
+
+fn check_against_other_mappings(new: &TableMapping, oid: pg_sys::Oid) {
+    let mut all: Vec<TableMapping> = Spi::connect(|c| {
+        c.select(
+            "SELECT mapping_id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel FROM redis.tables WHERE table_name::oid <> $1",
+            None,
+            &[oid.into()],
+        )
+        .unwrap_or_report()
+        .filter_map(|r| {
+            TableMapping::try_from(CatalogRow {
+                id: r.get(1).ok().flatten()?,
+                schema_name: r.get(2).ok().flatten()?,
+                rel_name: r.get(3).ok().flatten()?,
+                key_template: r.get(4).ok().flatten()?,
+                key_types: r.get(5).ok().flatten()?,
+                format: r.get(6).ok().flatten()?,
+                ttl: r.get(7).ok().flatten(),
+                columns: r.get(8).ok().flatten(),
+                stream_key: r.get(9).ok().flatten(),
+                channel: r.get(10).ok().flatten(),
+            })
+            .ok()
+        })
+        .collect()
+    });
+    all.push(new.clone());
+    check_unambiguous(&all).or_raise();
+    for m in &all {
+        for s in all.iter().filter_map(|o| o.stream_key.as_deref()) {
+            if s.starts_with(m.key.prefix()) {
+                raise(Error::invalid_template(m.key.as_str(), format_args!("the change stream \"{s}\" starts with this template's prefix, so a TRUNCATE would delete it; choose another prefix")));
+            }
+        }
+    }
+}
+
+fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid) -> i64 {
+    let key_columns: Vec<String> = m.key.columns().map(str::to_owned).collect();
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel) \
+         VALUES ($1::oid::regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        &[
+            oid.into(),
+            m.schema.clone().into(),
+            m.table.clone().into(),
+            m.key.as_str().to_owned().into(),
+            key_columns.into(),
+            m.key_types.clone().into(),
+            m.format.to_string().into(),
+            m.ttl.map(|t| t as i32).into(),
+            m.columns.clone().into(),
+            m.stream_key.clone().into(),
+            m.channel.clone().into(),
+        ],
+    )
+    .unwrap_or_report()
+    .unwrap_or_default()
+}
+
+const TRIGGERS: [&str; 2] = ["pg_redis_capture", "pg_redis_capture_truncate"];
+
+/// Drops the capture triggers that exist (quietly: no NOTICE for missing ones).
+fn drop_triggers(t: &Table) {
+    for name in TRIGGERS {
+        let exists = Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2 AND tgparentid = 0)", &[t.oid.into(), name.into()])
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        if exists {
+            Spi::run(&format!("DROP TRIGGER {name} ON {}", t.quoted)).unwrap_or_report();
+        }
+    }
+}
+
+fn install_triggers(t: &Table, mapping_id: i64) {
+    drop_triggers(t);
+    Spi::run(&format!(
+        "CREATE TRIGGER pg_redis_capture AFTER INSERT OR UPDATE OR DELETE ON {q} FOR EACH ROW EXECUTE FUNCTION redis.capture('{mapping_id}'); \
+         CREATE TRIGGER pg_redis_capture_truncate AFTER TRUNCATE ON {q} FOR EACH STATEMENT EXECUTE FUNCTION redis.capture('{mapping_id}')",
+        q = t.quoted
+    ))
+    .unwrap_or_report();
+}
+
+fn active_mapping_id(t: &Table) -> i64 {
+    match Spi::get_one_with_args::<i64>("SELECT id FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", &[t.oid.into()]) {
+        Ok(Some(id)) => id,
+        _ => raise_with(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("table {} is not synced to Redis", t.display), Some("start with SELECT redis.sync_table(...)")),
+    }
+}
+
+fn queue_row_event(mapping_id: i64, op: char) {
+    Spi::run_with_args("INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")", &[mapping_id.into(), op.to_string().into()]).unwrap_or_report();
+}
+
+/// Tells readers of the mappings (the Redis module) to reload them, in order with the changes.
+fn queue_mappings_changed(database: &str, mapping_id: i64) {
+    let cmd = vec!["SET".to_string(), mappings_changed_key(database), mapping_id.to_string()];
+    Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[cmd.into()]).unwrap_or_report();
+}
+
+/// Queues a read event for every row, in batches of blocks, reporting progress.
+fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
+    let partitioned = Spi::get_one_with_args::<bool>("SELECT relkind = 'p' FROM pg_class WHERE oid = $1", &[t.oid.into()]).ok().flatten().unwrap_or(false);
+    let insert = |filter: &str| -> i64 {
+        let only = if partitioned { "" } else { "ONLY " };
+        Spi::get_one_with_args::<i64>(
+            &format!("WITH q AS (INSERT INTO redis.outbox (mapping_id, op, new_row) SELECT $1, 'r', to_jsonb(t) FROM {only}{} t {filter} RETURNING 1) SELECT count(*) FROM q", t.quoted),
+            &[mapping_id.into()],
+        )
+        .unwrap_or_report()
+        .unwrap_or(0)
+    };
+    if partitioned {
+        let n = insert("");
+        notice!("pg_redis: backfill of {}: {n} rows queued for Redis", t.display);
+        return n;
+    }
+    let blocks = Spi::get_one_with_args::<i64>("SELECT pg_relation_size($1) / current_setting('block_size')::int8", &[t.oid.into()]).ok().flatten().unwrap_or(0);
+    let mut total = 0;
+    let mut start = 0;
+    loop {
+        let end = start + BACKFILL_BLOCKS;
+        let last = end >= blocks;
+        let filter = if last { format!("WHERE t.ctid >= '({start},0)'::tid") } else { format!("WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid") };
+        total += insert(&filter);
+        if last {
+            notice!("pg_redis: backfill of {}: {total} rows queued for Redis", t.display);
+            return total;
+        }
+        notice!("pg_redis: backfill of {}: {total} rows queued ({}%)", t.display, end * 100 / blocks.max(1));
+        check_for_interrupts!();
+        start = end;
+    }
+}

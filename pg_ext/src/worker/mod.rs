@@ -1,0 +1,407 @@
+//! Delivery: a launcher starts one worker per database where the extension is installed; each
+//! worker drains its database's outbox into Redis.
+//!
+//! A worker reads the oldest events (`FOR UPDATE SKIP LOCKED`, in id order), pipelines their
+//! Redis commands, and deletes them in the same transaction only once Redis acknowledged them.
+//! Redis unreachable: nothing is deleted, the worker backs off exponentially and retries.
+//! Redis refusing a table's commands (wrong type at a key, out of memory): that table's events
+//! from the first refused one on stay queued and are retried with backoff while other tables
+//! keep flowing. Events that can never apply (a key column is NULL, Redis rejects a queued
+//! command for good) move to `redis.dead_letter` with the reason.
+
+pub mod backoff;
+pub mod outbox;
+pub mod redis_sink;
+pub mod registry;
+
+use crate::gucs;
+use crate::redis_client;
+use backoff::Backoff;
+use outbox::{Event, Kind, Scope};
+use pg_redis_shared::apply::{self, ApplyContext, CapturedChange, Step};
+use pg_redis_shared::TableMapping;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys::panic::{CaughtError, ErrorReportable};
+use pgrx::prelude::*;
+use redis_sink::{Outcome, Planned};
+use registry::WorkerState;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker sleeps when no commit wakes it (a safety net, not the mechanism).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often unused mapping versions are forgotten.
+const GC_EVERY: Duration = Duration::from_secs(60);
+
+/// Registers the launcher; called from `_PG_init` while preloading.
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("pg_redis launcher")
+        .set_type("pg_redis launcher")
+        .set_library("pg_redis")
+        .set_function("pg_redis_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Starts the delivery worker of one database (it exits at once if one already runs there or
+/// the extension is not installed).
+fn start_worker(dboid: pg_sys::Oid, datname: &str) -> bool {
+    let mut name = format!("pg_redis worker {datname}");
+    while name.len() > 90 {
+        name.pop();
+    }
+    BackgroundWorkerBuilder::new(&name)
+        .set_type("pg_redis worker")
+        .set_library("pg_redis")
+        .set_function("pg_redis_worker_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .set_argument(dboid.into_datum())
+        .load_dynamic()
+        .is_ok()
+}
+
+/// Runs `f` in its own transaction; an ERROR is logged, the transaction rolled back, and None
+/// returned (the worker lives on).
+fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    let f = AssertUnwindSafe(f);
+    PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
+        .catch_others(|e| {
+            let msg = match &e {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+            };
+            // SAFETY: the failed transaction must be aborted before the next one starts.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            log!("pg_redis: {what} failed: {msg}");
+            None
+        })
+        .execute()
+}
+
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: the documented way for a background worker to apply a reload.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_redis_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::launcher_database()), None);
+    // SAFETY: our own pid.
+    registry::set_launcher(unsafe { pg_sys::MyProcPid });
+    let mut probed: HashSet<u32> = HashSet::new();
+    let mut seen_requests = 0;
+    loop {
+        let requests = registry::probe_requests();
+        let everything = requests != seen_requests;
+        seen_requests = requests;
+        let dbs = in_transaction("listing databases", || {
+            Spi::connect(|c| {
+                c.select("SELECT oid, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
+                    .unwrap_or_report()
+                    .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .unwrap_or_default();
+        for (oid, name) in dbs {
+            // New databases are probed once; a CREATE EXTENSION asks for every database again.
+            if (everything || !probed.contains(&oid.to_u32())) && registry::info(oid).is_none() {
+                if !start_worker(oid, &name) {
+                    log!("pg_redis: no free background worker slot for database {name}; raise max_worker_processes");
+                }
+            }
+            probed.insert(oid.to_u32());
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
+            break;
+        }
+        reload_config_if_asked();
+    }
+    registry::set_launcher(0);
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_redis_worker_main(arg: pg_sys::Datum) {
+    // SAFETY: the launcher or CREATE EXTENSION passed the database oid by value.
+    let Some(dboid) = (unsafe { pg_sys::Oid::from_datum(arg, false) }) else { return };
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    let database = in_transaction("checking for the extension", || {
+        let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')").ok().flatten().unwrap_or(false);
+        installed.then(|| Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default())
+    })
+    .flatten();
+    let Some(database) = database else { return };
+    if !registry::claim(dboid) {
+        return;
+    }
+    log!("pg_redis: delivering changes of database {database} to {}", pg_redis_shared::redact::redact_url(&gucs::redis_url()));
+    let mut w = Worker::new(dboid, database);
+    let exit = w.run();
+    registry::release(dboid);
+    if exit == Exit::Restart {
+        // A non-zero exit makes the postmaster start the worker again (pg_terminate_backend
+        // must not stop delivery for good); during shutdown it does not matter.
+        // SAFETY: leaving the process the documented way.
+        unsafe { pg_sys::proc_exit(1) };
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Exit {
+    /// The extension was dropped: stay stopped.
+    Done,
+    /// Asked to stop (SIGTERM): come back unless the server shuts down.
+    Restart,
+}
+
+enum Drained {
+    /// Delivered (or parked) this many; `full` when the batch was full (more may be waiting).
+    Some { full: bool },
+    Empty,
+    /// Redis failed; retry after this long.
+    Failed(Duration),
+}
+
+struct Worker {
+    dboid: pg_sys::Oid,
+    database: String,
+    redis: Option<(String, redis::Connection)>,
+    mappings: HashMap<i64, (Arc<TableMapping>, pg_sys::Oid)>,
+    backoff: Backoff,
+    stuck: HashMap<Scope, Backoff>,
+}
+
+impl Worker {
+    fn new(dboid: pg_sys::Oid, database: String) -> Self {
+        Worker { dboid, database, redis: None, mappings: HashMap::new(), backoff: Backoff::default(), stuck: HashMap::new() }
+    }
+
+    fn run(&mut self) -> Exit {
+        let mut last_gc = Instant::now();
+        loop {
+            reload_config_if_asked();
+            let wait = match self.drain_once() {
+                Some(Drained::Some { full: true }) => Duration::ZERO,
+                Some(Drained::Some { full: false }) | Some(Drained::Empty) => {
+                    registry::set_state(self.dboid, WorkerState::Idle, None);
+                    self.next_stuck_retry().unwrap_or(IDLE_POLL).min(IDLE_POLL)
+                }
+                Some(Drained::Failed(wait)) => wait,
+                None => {
+                    if !self.extension_installed() {
+                        log!("pg_redis: extension dropped in database {}; worker stops", self.database);
+                        return Exit::Done;
+                    }
+                    IDLE_POLL
+                }
+            };
+            if last_gc.elapsed() > GC_EVERY {
+                in_transaction("forgetting unused mappings", outbox::forget_unused_mappings);
+                self.mappings.clear();
+                last_gc = Instant::now();
+            }
+            if wait.is_zero() {
+                check_for_interrupts!();
+                if BackgroundWorker::sigterm_received() {
+                    return Exit::Restart;
+                }
+            } else if !BackgroundWorker::wait_latch(Some(wait)) {
+                return Exit::Restart;
+            }
+        }
+    }
+
+    fn extension_installed(&self) -> bool {
+        in_transaction("checking for the extension", || Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')").ok().flatten().unwrap_or(false))
+            .unwrap_or(true)
+    }
+
+    fn next_stuck_retry(&self) -> Option<Duration> {
+        self.stuck.values().map(Backoff::remaining).filter(|d| !d.is_zero()).min()
+    }
+
+    /// Mapping ids whose table is waiting to retry (0 stands for queued commands).
+    fn excluded(&self) -> Vec<i64> {
+        let waiting: HashSet<Scope> = self.stuck.iter().filter(|(_, b)| b.waiting()).map(|(s, _)| *s).collect();
+        let mut ids: Vec<i64> = self.mappings.iter().filter(|(_, (_, oid))| waiting.contains(&Scope::Table(*oid))).map(|(id, _)| *id).collect();
+        if waiting.contains(&Scope::Commands) {
+            ids.push(0);
+        }
+        ids
+    }
+
+    fn scope_of(&self, e: &Event) -> Scope {
+        match e.mapping_id.and_then(|id| self.mappings.get(&id)) {
+            Some((_, oid)) => Scope::Table(*oid),
+            None if e.kind == Kind::Command => Scope::Commands,
+            None => Scope::Table(pg_sys::InvalidOid),
+        }
+    }
+
+    fn connection(&mut self) -> Result<&mut redis::Connection, pg_redis_shared::Error> {
+        let url = gucs::redis_url();
+        if self.redis.as_ref().is_some_and(|(u, _)| *u != url) {
+            self.redis = None;
+        }
+        if self.redis.is_none() {
+            let conn = redis_client::connect(&url, gucs::connect_timeout(), gucs::command_timeout())?;
+            self.redis = Some((url, conn));
+        }
+        match self.redis.as_mut() {
+            Some((_, c)) => Ok(c),
+            None => Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "no connection".into() }),
+        }
+    }
+
+    fn drain_once(&mut self) -> Option<Drained> {
+        if self.backoff.waiting() {
+            return Some(Drained::Failed(self.backoff.remaining()));
+        }
+        let limit = gucs::BATCH_SIZE.get() as i64;
+        let this = AssertUnwindSafe(&mut *self);
+        in_transaction("delivering changes", move || {
+            let this = this;
+            this.0.deliver_batch(limit)
+        })
+    }
+
+    fn deliver_batch(&mut self, limit: i64) -> Drained {
+        let events = outbox::read_batch(limit, &self.excluded());
+        if events.is_empty() {
+            return Drained::Empty;
+        }
+        let full = events.len() as i64 >= limit;
+        registry::set_state(self.dboid, WorkerState::Delivering, None);
+        let missing: Vec<i64> = events.iter().filter_map(|e| e.mapping_id).filter(|id| !self.mappings.contains_key(id)).collect::<HashSet<_>>().into_iter().collect();
+        if !missing.is_empty() {
+            for (m, oid) in outbox::load_mappings(&missing) {
+                self.mappings.insert(m.id, (Arc::new(m), oid));
+            }
+        }
+        let ctx = ApplyContext { database: &self.database, stream_maxlen: gucs::STREAM_MAXLEN.get().max(0) as u64, now_ms: now_ms() };
+        let planned: Vec<Result<Planned, String>> = events.iter().map(|e| self.plan(e, &ctx)).collect();
+        let runnable: Vec<&Planned> = planned.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let url = gucs::redis_url();
+        let sent = match self.connection() {
+            // Only events that planned are sent; their outcomes are mapped back in `settle`.
+            Ok(conn) => redis_sink::apply(conn, &runnable, &mut |m, keys| outbox::existing_keys(m, keys)).map_err(|e| redis_client::from_redis(&url, e)),
+            Err(e) => Err(e),
+        };
+        let outcomes = match sent {
+            Ok(o) => o,
+            Err(e) => {
+                self.redis = None;
+                let wait = self.backoff.fail(ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+                let msg = e.to_string();
+                let scopes: HashSet<Scope> = events.iter().map(|ev| self.scope_of(ev)).collect();
+                for s in scopes {
+                    outbox::record_error(s, &msg);
+                }
+                registry::set_state(self.dboid, WorkerState::Backoff, Some(&msg));
+                log!("pg_redis: delivery to Redis failed, retrying in {} ms: {msg}", wait.as_millis());
+                return Drained::Failed(wait);
+            }
+        };
+        self.backoff.succeed();
+        self.settle(&events, planned, outcomes);
+        Drained::Some { full }
+    }
+
+    fn plan(&self, e: &Event, ctx: &ApplyContext) -> Result<Planned, String> {
+        let mapping = e.mapping_id.and_then(|id| self.mappings.get(&id)).map(|(m, _)| m.clone());
+        let steps = match (e.kind, &mapping) {
+            (Kind::Command, _) => match &e.command {
+                Some(c) if !c.is_empty() => vec![Step::Commands(vec![c.clone()])],
+                _ => return Err("queued command is empty".into()),
+            },
+            (Kind::Sweep, Some(m)) => vec![Step::SweepKeys { scan_pattern: m.key.scan_pattern() }],
+            (Kind::Row(op), Some(m)) => {
+                let change = CapturedChange { id: e.id, op, tx_id: e.tx_id, captured_ms: e.captured_ms, before: e.old_row.clone(), after: e.new_row.clone() };
+                apply::plan(m, &change, ctx).map_err(|err| format!("cannot apply change {} of {}: {err}", e.id, m.display_name()))?
+            }
+            (Kind::Unknown(c), _) => return Err(format!("unknown outbox op '{c}'")),
+            (_, None) => return Err(format!("mapping {} of this event no longer exists", e.mapping_id.unwrap_or_default())),
+        };
+        Ok(Planned { steps, mapping })
+    }
+
+    /// Deletes what Redis applied, parks what can never apply, keeps a refusing table's events
+    /// (from its first refused one on, so per-key order holds) for a later retry.
+    fn settle(&mut self, events: &[Event], planned: Vec<Result<Planned, String>>, outcomes: Vec<Outcome>) {
+        let mut outcomes = outcomes.into_iter();
+        let mut acked = Vec::new();
+        let mut dead: Vec<(i64, String)> = Vec::new();
+        let mut delivered: HashMap<Scope, i64> = HashMap::new();
+        let mut errors: HashMap<Scope, String> = HashMap::new();
+        let mut stuck_now: HashSet<Scope> = HashSet::new();
+        for (e, p) in events.iter().zip(planned) {
+            let scope = self.scope_of(e);
+            let outcome = match p {
+                Ok(_) => outcomes.next().unwrap_or(Outcome::Refused("no reply".into())),
+                Err(why) => {
+                    errors.insert(scope, why.clone());
+                    dead.push((e.id, why));
+                    continue;
+                }
+            };
+            if stuck_now.contains(&scope) {
+                continue;
+            }
+            match outcome {
+                Outcome::Applied => {
+                    acked.push(e.id);
+                    *delivered.entry(scope).or_default() += 1;
+                }
+                Outcome::Refused(err) if scope == Scope::Commands && !transient(&err) => {
+                    let why = format!("Redis refused the queued command: {err}");
+                    errors.insert(scope, why.clone());
+                    dead.push((e.id, why));
+                }
+                Outcome::Refused(err) => {
+                    errors.insert(scope, format!("Redis refused: {err}"));
+                    stuck_now.insert(scope);
+                }
+            }
+        }
+        outbox::delete(&acked);
+        outbox::dead_letter(&dead);
+        for (scope, n) in &delivered {
+            outbox::record_delivered(*scope, *n);
+        }
+        for (scope, err) in &errors {
+            outbox::record_error(*scope, err);
+            log!("pg_redis: {err}");
+        }
+        let (min, max) = (ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+        for scope in &stuck_now {
+            self.stuck.entry(*scope).or_default().fail(min, max);
+        }
+        self.stuck.retain(|s, _| stuck_now.contains(s) || !delivered.contains_key(s));
+        if let Some(err) = errors.values().next() {
+            registry::set_state(self.dboid, WorkerState::Delivering, Some(err));
+        }
+    }
+}
+
+/// Error replies that may go away by themselves (memory freed, a replica promoted).
+fn transient(err: &str) -> bool {
+    ["OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"].iter().any(|p| err.starts_with(p))
+}
+
+fn ms(v: i32) -> Duration {
+    Duration::from_millis(v.max(1) as u64)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,99 @@
+//! Consistency checks between PostgreSQL and Redis, used by the end-to-end, race and chaos
+//! tests: every row of a synced table must be in Redis byte for byte, and no key of the table
+//! may exist without its row.
+
+use pg_redis_shared::mapping::{CatalogRow, ACTIVE_MAPPINGS_SQL};
+use pg_redis_shared::{Encoded, TableMapping};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The active mappings, read the way the module reads them.
+pub fn mappings(pg: &mut postgres::Client) -> Vec<TableMapping> {
+    pg.query(ACTIVE_MAPPINGS_SQL, &[])
+        .expect("reading redis.tables")
+        .into_iter()
+        .map(|r| {
+            TableMapping::try_from(CatalogRow {
+                id: r.get(0),
+                schema_name: r.get(1),
+                rel_name: r.get(2),
+                key_template: r.get(3),
+                key_types: r.get(4),
+                format: r.get(5),
+                ttl: r.get(6),
+                columns: r.get(7),
+                stream_key: r.get(8),
+                channel: r.get(9),
+            })
+            .expect("a valid mapping")
+        })
+        .collect()
+}
+
+pub fn mapping_of(pg: &mut postgres::Client, table: &str) -> TableMapping {
+    mappings(pg).into_iter().find(|m| m.table == table).unwrap_or_else(|| panic!("{table} is not synced"))
+}
+
+/// What Redis must hold for `table`: key → encoded value, from `to_jsonb` of every row.
+pub fn expected(pg: &mut postgres::Client, m: &TableMapping) -> BTreeMap<String, Encoded> {
+    let rows = pg.query(&format!("SELECT to_jsonb(t)::text FROM {} t", m.quoted_name()), &[]).expect("reading the table");
+    rows.iter().map(|r| m.encode_text(r.get::<_, &str>(0)).expect("encodable row")).collect()
+}
+
+/// What Redis holds at one key.
+pub fn actual(redis: &mut redis::Connection, key: &str) -> Option<Encoded> {
+    let kind: String = redis::cmd("TYPE").arg(key).query(redis).expect("TYPE");
+    match kind.as_str() {
+        "none" => None,
+        "string" => Some(Encoded::Json(redis::cmd("GET").arg(key).query(redis).expect("GET"))),
+        "hash" => {
+            let mut fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(redis).expect("HGETALL");
+            fields.sort();
+            Some(Encoded::Hash(fields))
+        }
+        other => panic!("{key} holds a {other}"),
+    }
+}
+
+/// Every difference between the table and Redis, as readable lines (empty: consistent).
+pub fn divergence(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str) -> Vec<String> {
+    let m = mapping_of(pg, table);
+    let want = expected(pg, &m);
+    let mut problems = Vec::new();
+    for (key, value) in &want {
+        let value = match value {
+            Encoded::Hash(f) => {
+                let mut f = f.clone();
+                f.sort();
+                Encoded::Hash(f)
+            }
+            v => v.clone(),
+        };
+        match actual(redis, key) {
+            Some(got) if got == value => {}
+            got => problems.push(format!("{key}: Redis has {got:?}, the row is {value:?}")),
+        }
+    }
+    let keys: BTreeSet<String> = redis::cmd("KEYS").arg(m.key.scan_pattern()).query::<Vec<String>>(redis).expect("KEYS").into_iter().filter(|k| m.key.matches(k)).collect();
+    for k in keys {
+        if !want.contains_key(&k) {
+            problems.push(format!("{k}: in Redis, but no such row"));
+        }
+    }
+    problems
+}
+
+/// Panics with every difference if the table and Redis disagree.
+pub fn assert_consistent(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str) {
+    let problems = divergence(pg, redis, table);
+    assert!(problems.is_empty(), "{} divergent keys in {table}:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// `SELECT redis.wait_synced(ms)`, asserting it succeeded.
+pub fn wait_synced(pg: &mut postgres::Client, ms: i32) {
+    let ok: bool = pg.query_one("SELECT redis.wait_synced($1)", &[&ms]).expect("wait_synced").get(0);
+    assert!(ok, "changes were not delivered within {ms} ms; status: {:?}", status(pg));
+}
+
+pub fn status(pg: &mut postgres::Client) -> Vec<String> {
+    pg.query("SELECT s::text FROM redis.status s", &[]).map(|rows| rows.iter().map(|r| r.get(0)).collect()).unwrap_or_default()
+}
