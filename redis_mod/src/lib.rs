@@ -8,10 +8,12 @@
 //! - `guard`: no panic ever reaches redis-server.
 
 mod blocking;
+mod cache;
 mod command_info;
 mod commands;
 mod config;
 mod guard;
+mod mappings;
 mod pool;
 mod reply;
 mod stats;
@@ -19,7 +21,7 @@ mod stats;
 use command_info::{Info, Keys};
 use redis_module::commands::KeySpecFlags;
 use redis_module::configuration::ConfigurationContext;
-use redis_module::{redis_module, Context, RedisString, Status};
+use redis_module::{redis_module, Context, NotifyEvent, RedisString, Status};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 #[cfg(not(test))]
@@ -30,15 +32,62 @@ type ModuleAllocator = std::alloc::System;
 /// Set once `init` ran: configuration callbacks that fire during load wait for it.
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
-const COMMANDS: &[Info] = &[Info {
-    name: "pg.ping",
-    summary: "Checks that the module reaches PostgreSQL and returns its version.",
-    complexity: "O(1)",
-    arity: 1,
-    keys: Keys::None,
-    key_flags: KeySpecFlags::empty(),
-    categories: "connection",
-}];
+const COMMANDS: &[Info] = &[
+    Info {
+        name: "pg.get",
+        summary: "Returns the cached row at a key; on a miss reads it from PostgreSQL, caches and returns it.",
+        complexity: "O(1) on a hit; one indexed PostgreSQL query on a miss",
+        arity: 2,
+        keys: Keys::First,
+        key_flags: KeySpecFlags::READ_WRITE.union(KeySpecFlags::ACCESS),
+        categories: "read write",
+    },
+    Info {
+        name: "pg.mget",
+        summary: "PG.GET for many keys; misses are read with one PostgreSQL query per table.",
+        complexity: "O(N) for N keys",
+        arity: -2,
+        keys: Keys::All,
+        key_flags: KeySpecFlags::READ_WRITE.union(KeySpecFlags::ACCESS),
+        categories: "read write",
+    },
+    Info {
+        name: "pg.invalidate",
+        summary: "Drops cached rows and revokes fills in flight for them.",
+        complexity: "O(N) for N keys",
+        arity: -2,
+        keys: Keys::All,
+        key_flags: KeySpecFlags::READ_WRITE.union(KeySpecFlags::REMOVE),
+        categories: "write",
+    },
+    Info {
+        name: "pg.reload",
+        summary: "Reloads the table mappings from PostgreSQL; returns how many there are.",
+        complexity: "O(mappings)",
+        arity: 1,
+        keys: Keys::None,
+        key_flags: KeySpecFlags::empty(),
+        categories: "admin",
+    },
+    Info {
+        name: "pg.ping",
+        summary: "Checks that the module reaches PostgreSQL and returns its version.",
+        complexity: "O(1)",
+        arity: 1,
+        keys: Keys::None,
+        key_flags: KeySpecFlags::empty(),
+        categories: "connection",
+    },
+    Info {
+        name: "pg.stats",
+        summary: "Counters of the cache and the PostgreSQL pool (also in INFO redis_pg).",
+        complexity: "O(1)",
+        arity: 1,
+        keys: Keys::None,
+        key_flags: KeySpecFlags::empty(),
+        categories: "",
+    },
+];
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy()).collect();
@@ -59,14 +108,20 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         command_info::apply(ctx, info, with_category);
     }
     INITIALIZED.store(true, Ordering::Release);
+    blocking::start();
     pool::resize();
+    mappings::start();
     guard::log_notice(&format!("redis_pg {} loaded: PostgreSQL at {}, {} connections", env!("CARGO_PKG_VERSION"), config::PG_URL.redacted(), config::pool_size()));
     Status::Ok
 }
 
 fn deinit(_ctx: &Context) -> Status {
     match pool::shutdown() {
-        Ok(()) => Status::Ok,
+        Ok(()) => {
+            mappings::stop();
+            blocking::stop();
+            Status::Ok
+        }
         Err(why) => {
             guard::log_warning(&format!("cannot unload now: {why}"));
             Status::Err
@@ -80,6 +135,22 @@ fn on_pool_size(_ctx: &ConfigurationContext, _name: &str, _v: &'static AtomicI64
     }
 }
 
+fn on_keyspace_event(ctx: &Context, _event: NotifyEvent, _name: &str, key: &[u8]) {
+    guard::callback("a keyspace event", || cache::on_keyspace_event(ctx, key));
+}
+
+#[redis_module_macros::flush_event_handler]
+fn on_flush(_ctx: &Context, _sub: redis_module::server_events::FlushSubevent) {
+    guard::callback("a flush", cache::revoke_all);
+}
+
+/// Wraps a command so no panic can reach redis-server.
+macro_rules! guarded {
+    ($f:path) => {
+        |ctx: &Context, args: Vec<RedisString>| guard::command(|| $f(ctx, args))
+    };
+}
+
 redis_module! {
     name: "redis_pg",
     version: 1,
@@ -88,6 +159,14 @@ redis_module! {
     init: init,
     deinit: deinit,
     commands: [
-        ["pg.ping", |ctx: &Context, args: Vec<RedisString>| guard::command(|| commands::ping::run(ctx, args)), "readonly", 0, 0, 0, ""],
+        ["pg.get", guarded!(commands::get::run), "write", 1, 1, 1, ""],
+        ["pg.mget", guarded!(commands::mget::run), "write", 1, -1, 1, ""],
+        ["pg.invalidate", guarded!(commands::invalidate::run), "write", 1, -1, 1, ""],
+        ["pg.reload", guarded!(commands::reload::run), "admin", 0, 0, 0, ""],
+        ["pg.ping", guarded!(commands::ping::run), "readonly", 0, 0, 0, ""],
+        ["pg.stats", guarded!(commands::stats::run), "readonly fast", 0, 0, 0, ""],
+    ],
+    event_handlers: [
+        [@GENERIC @STRING @LIST @SET @HASH @ZSET @STREAM @EXPIRED @EVICTED: on_keyspace_event],
     ],
 }

@@ -291,6 +291,8 @@ pub fn map_pg_error(e: &postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         return match db.code().code() {
             "57014" => Error::Timeout { what: format!("PostgreSQL cancelled the query: {}", db.message()), ms: config::query_timeout().as_millis() as u64 },
+            // A data exception: a key value PostgreSQL cannot read as the column's type.
+            code if code.starts_with("22") => Error::InvalidValue { what: "key value", value: String::new(), reason: format!("{} ({code})", db.message()) },
             code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => Error::Unavailable { server: "PostgreSQL", reason: format!("{}: {} ({code})", where_pg(), db.message()) },
             code => Error::Remote { server: "PostgreSQL", message: format!("{} ({code})", db.message()) },
         };

@@ -38,7 +38,7 @@ mod tests {
     #[test]
     fn prefixes_and_ascii() {
         let e = Error::Busy { what: "queue full".into() };
-        assert!(matches!(to_redis(&e), RedisError::String(s) if s == "BUSY busy: queue full"));
+        assert!(matches!(to_redis(&e), RedisError::String(s) if s == "BUSY queue full"));
         assert_eq!(sanitize("ké\ny"), "k\\u{e9} y");
     }
 }

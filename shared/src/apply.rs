@@ -18,6 +18,18 @@ pub fn mappings_changed_key(database: &str) -> String {
     format!("{RESERVED_PREFIX}mappings:{database}")
 }
 
+/// Written (value: a key) just before a row's key is deleted. A read-through fill that started
+/// earlier may be about to store the deleted row at a key that does not exist yet, which no
+/// keyspace event of the DEL would reveal; the module watches this key and revokes the fill.
+pub const REVOKE_KEY: &str = "pg_redis:revoke";
+/// Likewise for every key starting with the value (TRUNCATE).
+pub const REVOKE_PREFIX_KEY: &str = "pg_redis:revoke-prefix";
+
+fn delete_key(key: &str, cmds: &mut Vec<Command>) {
+    cmds.push(vec!["SET".into(), REVOKE_KEY.into(), key.to_owned()]);
+    cmds.push(vec!["DEL".into(), key.to_owned()]);
+}
+
 /// One row of the outbox, as the worker reads it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CapturedChange {
@@ -66,17 +78,18 @@ pub fn plan(mapping: &TableMapping, change: &CapturedChange, ctx: &ApplyContext)
     let mut steps = Vec::new();
     match (change.op, before, after) {
         (Op::Truncate, _, _) => {
+            steps.push(Step::Commands(vec![vec!["SET".into(), REVOKE_PREFIX_KEY.into(), mapping.key.prefix().to_owned()]]));
             steps.push(Step::DeleteAllKeys { scan_pattern: mapping.key.scan_pattern() });
             emit(mapping, change, ctx, &mut cmds, Op::Truncate, "", None, None);
         }
         (Op::Delete, Some((old_key, old)), _) => {
-            cmds.push(vec!["DEL".into(), old_key.clone()]);
+            delete_key(&old_key, &mut cmds);
             emit(mapping, change, ctx, &mut cmds, Op::Delete, &old_key, Some(old), None);
         }
         (Op::Update, Some((old_key, old)), Some((new_key, new))) if old_key != new_key => {
             // A key change is a delete of the old key and a create of the new one (as Debezium
             // reports primary-key changes).
-            cmds.push(vec!["DEL".into(), old_key.clone()]);
+            delete_key(&old_key, &mut cmds);
             emit(mapping, change, ctx, &mut cmds, Op::Delete, &old_key, Some(old), None);
             write_value(mapping, &new_key, &new, &mut cmds);
             emit(mapping, change, ctx, &mut cmds, Op::Create, &new_key, None, Some(new));
@@ -213,9 +226,9 @@ mod tests {
         let ins = plan(&m, &change(Op::Create, None, Some(r#"{"id": 1, "n": "a"}"#)), &CTX).unwrap();
         assert_eq!(cmds(&ins), vec![s(&["SET", "users:1", r#"{"id":1,"n":"a"}"#])]);
         let del = plan(&m, &change(Op::Delete, Some(r#"{"id": 1, "n": "a"}"#), None), &CTX).unwrap();
-        assert_eq!(cmds(&del), vec![s(&["DEL", "users:1"])]);
+        assert_eq!(cmds(&del), vec![s(&["SET", REVOKE_KEY, "users:1"]), s(&["DEL", "users:1"])]);
         let moved = plan(&m, &change(Op::Update, Some(r#"{"id": 1}"#), Some(r#"{"id": 2}"#)), &CTX).unwrap();
-        assert_eq!(cmds(&moved), vec![s(&["DEL", "users:1"]), s(&["SET", "users:2", r#"{"id":2}"#])]);
+        assert_eq!(cmds(&moved), vec![s(&["SET", REVOKE_KEY, "users:1"]), s(&["DEL", "users:1"]), s(&["SET", "users:2", r#"{"id":2}"#])]);
     }
 
     #[test]
@@ -226,7 +239,7 @@ mod tests {
         let up = plan(&m, &change(Op::Update, Some(r#"{"id": 1}"#), Some(r#"{"id": 1, "n": null, "x": 2}"#)), &CTX).unwrap();
         assert_eq!(cmds(&up), vec![s(&["MULTI"]), s(&["DEL", "users:1"]), s(&["HSET", "users:1", "id", "1", "x", "2"]), s(&["EXPIRE", "users:1", "60"]), s(&["EXEC"])]);
         let t = plan(&m, &change(Op::Truncate, None, None), &CTX).unwrap();
-        assert_eq!(cmds(&t), vec![s(&["<purge>", "users:*"])]);
+        assert_eq!(cmds(&t), vec![s(&["SET", REVOKE_PREFIX_KEY, "users:"]), s(&["<purge>", "users:*"])]);
     }
 
     #[test]

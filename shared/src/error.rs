@@ -64,7 +64,7 @@ pub enum Error {
     #[error("timed out after {ms} ms: {what}")]
     Timeout { what: String, ms: u64 },
 
-    #[error("busy: {what}")]
+    #[error("{what}")]
     Busy { what: String },
 }
 
