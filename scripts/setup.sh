@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.1
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 redis-server libclang-dev clang pkg-config sudo)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 redis-server libclang-dev clang pkg-config sudo openssl)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 timed() { local t0=$SECONDS; "$@"; printf '    (%ss)\n' $((SECONDS - t0)); }

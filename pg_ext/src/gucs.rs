@@ -12,6 +12,7 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static STREAM_MAXLEN: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 pub static RETRY_MIN_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static RETRY_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 pub fn register() {
@@ -84,6 +85,14 @@ pub fn register() {
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_string_guc(
+        c"pg_redis.tls_ca_file",
+        c"PEM file of the certificate authority that signed the Redis server's certificate (rediss:// URLs).",
+        c"Unset: the system's trusted roots are used.",
+        &TLS_CA_FILE,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
         c"pg_redis.launcher_database",
         c"Database the launcher connects to in order to list databases.",
         c"The launcher starts one delivery worker for each database where the extension is installed.",
@@ -112,4 +121,9 @@ pub fn connect_timeout() -> std::time::Duration {
 
 pub fn command_timeout() -> std::time::Duration {
     ms(COMMAND_TIMEOUT_MS.get())
+}
+
+/// The CA file for TLS connections, if one is set.
+pub fn tls_ca_file() -> Option<String> {
+    TLS_CA_FILE.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty())
 }

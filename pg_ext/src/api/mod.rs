@@ -1,6 +1,7 @@
 //! The SQL surface, all in schema `redis` (the extension's schema).
 
 mod direct;
+mod on_commit;
 mod privileges;
 mod status;
 mod sync;

@@ -175,7 +175,7 @@ enum Drained {
 struct Worker {
     dboid: pg_sys::Oid,
     database: String,
-    redis: Option<(String, redis::Connection)>,
+    redis: Option<(redis_client::Target, redis::Connection)>,
     mappings: HashMap<i64, (Arc<TableMapping>, pg_sys::Oid)>,
     backoff: Backoff,
     stuck: HashMap<Scope, Backoff>,
@@ -249,13 +249,13 @@ impl Worker {
     }
 
     fn connection(&mut self) -> Result<&mut redis::Connection, pg_redis_shared::Error> {
-        let url = gucs::redis_url();
-        if self.redis.as_ref().is_some_and(|(u, _)| *u != url) {
+        let target = redis_client::Target::from_settings();
+        if self.redis.as_ref().is_some_and(|(t, _)| *t != target) {
             self.redis = None;
         }
         if self.redis.is_none() {
-            let conn = redis_client::connect(&url, gucs::connect_timeout(), gucs::command_timeout())?;
-            self.redis = Some((url, conn));
+            let conn = redis_client::connect(&target, false)?;
+            self.redis = Some((target, conn));
         }
         match self.redis.as_mut() {
             Some((_, c)) => Ok(c),

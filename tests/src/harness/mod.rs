@@ -42,6 +42,8 @@ pub struct Options {
     pub without_module: bool,
     /// Override the module's `pg_url` (e.g. to point it somewhere unreachable).
     pub module_pg_url: Option<String>,
+    /// redis-server serves TLS only; `pg_redis.url` is `rediss://` with `pg_redis.tls_ca_file`.
+    pub redis_tls: bool,
 }
 
 impl Options {
@@ -54,17 +56,21 @@ impl Servers {
     /// Starts both servers and waits until each answers.
     pub fn start(opts: &Options) -> Result<Servers> {
         install_signal_cleanup();
+        // The test clients' TLS needs one process-wide crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = run_root()?.join(&opts.name);
         let pg_port = free_port()?;
         let redis_port = free_port()?;
-        let redis_url = match &opts.redis_password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{redis_port}/0"),
-            None => format!("redis://127.0.0.1:{redis_port}/0"),
-        };
+        let scheme = if opts.redis_tls { "rediss" } else { "redis" };
+        let auth = opts.redis_password.as_ref().map(|pw| format!(":{pw}@")).unwrap_or_default();
+        let redis_url = format!("{scheme}://{auth}127.0.0.1:{redis_port}/0");
         let mut settings = vec![
             ("shared_preload_libraries".to_owned(), "'pg_redis'".to_owned()),
             ("pg_redis.url".to_owned(), format!("'{redis_url}'")),
         ];
+        if opts.redis_tls {
+            settings.push(("pg_redis.tls_ca_file".to_owned(), format!("'{}'", dir.join("redis/tls/ca.crt").display())));
+        }
         settings.extend(opts.pg_settings.iter().cloned());
         let pg = Postgres::start(&PgConfig { dir: dir.join("pg"), port: pg_port, settings })?;
         let module = if opts.without_module {
@@ -74,7 +80,7 @@ impl Servers {
             args.extend(opts.module_args.iter().cloned());
             Some((module_path()?, args))
         };
-        let redis = Redis::start(&RedisConfig { dir: dir.join("redis"), port: redis_port, password: opts.redis_password.clone(), module })?;
+        let redis = Redis::start(&RedisConfig { dir: dir.join("redis"), port: redis_port, password: opts.redis_password.clone(), tls: opts.redis_tls, module })?;
         Ok(Servers { redis, pg })
     }
 }

@@ -13,6 +13,8 @@ pub struct RedisConfig {
     pub dir: PathBuf,
     pub port: u16,
     pub password: Option<String>,
+    /// Serve TLS only, with certificates made under `dir/tls` (see [`tls`]).
+    pub tls: bool,
     /// Module path and its arguments.
     pub module: Option<(PathBuf, Vec<String>)>,
 }
@@ -21,6 +23,8 @@ pub struct Redis {
     pub dir: PathBuf,
     pub port: u16,
     pub password: Option<String>,
+    /// The CA certificate clients must trust, when serving TLS.
+    pub tls_ca: Option<PathBuf>,
     module: Option<(PathBuf, Vec<String>)>,
     child: Option<Child>,
 }
@@ -30,14 +34,27 @@ impl Redis {
         stop_leftover(&cfg.dir);
         let _ = fs::remove_dir_all(&cfg.dir);
         fs::create_dir_all(&cfg.dir).map_err(|e| format!("creating {}: {e}", cfg.dir.display()))?;
-        let mut r = Redis { dir: cfg.dir.clone(), port: cfg.port, password: cfg.password.clone(), module: cfg.module.clone(), child: None };
+        let tls_ca = if cfg.tls { Some(tls::make_certs(&cfg.dir.join("tls"))?) } else { None };
+        let mut r = Redis { dir: cfg.dir.clone(), port: cfg.port, password: cfg.password.clone(), tls_ca, module: cfg.module.clone(), child: None };
         r.spawn()?;
         Ok(r)
     }
 
     fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no"])
+        match &self.tls_ca {
+            Some(ca) => {
+                let tls = ca.parent().unwrap_or(&self.dir).to_path_buf();
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file").arg(tls.join("server.crt"))
+                    .arg("--tls-key-file").arg(tls.join("server.key"))
+                    .arg("--tls-ca-cert-file").arg(ca);
+            }
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .arg("--dir").arg(&self.dir)
             .arg("--pidfile").arg(self.dir.join("redis.pid"))
             .arg("--logfile").arg(self.dir.join("redis.log"))
@@ -67,11 +84,13 @@ impl Redis {
         ready
     }
 
+    /// The URL a client uses (TLS ones skip verification: tests and tools trust their own
+    /// throwaway server; pg_redis itself verifies against `tls_ca`).
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
-        }
+        let scheme = if self.tls_ca.is_some() { "rediss" } else { "redis" };
+        let auth = self.password.as_ref().map(|pw| format!(":{pw}@")).unwrap_or_default();
+        let insecure = if self.tls_ca.is_some() { "#insecure" } else { "" };
+        format!("{scheme}://{auth}127.0.0.1:{}/0{insecure}", self.port)
     }
 
     pub fn client(&self) -> Result<redis::Connection> {
@@ -133,6 +152,27 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Throwaway certificates: a CA and a server certificate for 127.0.0.1 signed by it.
+pub mod tls {
+    use super::Result;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Makes the certificates under `dir`; returns the CA certificate's path.
+    pub fn make_certs(dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let run = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().map_err(|e| format!("openssl: {e} (install openssl)"))?;
+            if out.status.success() { Ok(()) } else { Err(format!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))) }
+        };
+        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=pg_redis test CA"])?;
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").map_err(|e| e.to_string())?;
+        run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"])?;
+        Ok(dir.join("ca.crt"))
     }
 }
 

@@ -1,0 +1,43 @@
+//! `redis.on_commit(...)`: a Redis command that runs only if the calling transaction commits.
+//! It is queued in the same outbox as row changes, so the worker runs it durably (Redis down:
+//! it runs when Redis is back) and in commit order with the changes. A rolled-back transaction
+//! or savepoint runs nothing.
+
+use crate::api::privileges::as_extension_owner;
+use crate::capture::wake;
+use crate::errors::raise_with;
+use pgrx::pg_sys::panic::ErrorReportable;
+use pgrx::prelude::*;
+
+/// Commands that would break the delivery connection (its database, protocol or transaction
+/// state) or block it; they are refused when queued rather than failing later.
+const REFUSED: &[&str] = &[
+    "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "AUTH", "HELLO", "RESET", "QUIT", "CLIENT", "MONITOR", "SYNC", "PSYNC", "SUBSCRIBE",
+    "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE", "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN",
+    "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF", "SHUTDOWN", "DEBUG",
+];
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn on_commit(args: VariadicArray<&str>) {
+    let mut command = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        match a {
+            Some(a) => command.push(a.to_owned()),
+            None => raise_with(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("argument {} of redis.on_commit is NULL; Redis commands take strings", i + 1), None),
+        }
+    }
+    let Some(name) = command.first().map(|c| c.to_ascii_uppercase()) else {
+        raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "redis.on_commit needs a command, e.g. redis.on_commit('DEL', 'report:today')", None);
+    };
+    if REFUSED.contains(&name.as_str()) {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{name} cannot be queued with redis.on_commit: it would block or change the state of the delivery connection"),
+            Some("use redis.command() to run it now, on this session's own connection"),
+        );
+    }
+    as_extension_owner(|| {
+        Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[command.into()]).unwrap_or_report();
+    });
+    wake::after_commit();
+}
