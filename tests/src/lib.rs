@@ -1,6 +1,7 @@
 //! Shared code of the end-to-end tests, the demo and the benchmarks: the process harness that
 //! starts real servers, consistency checks, and a ready-made test environment.
 
+pub mod bench;
 pub mod check;
 pub mod harness;
 
@@ -36,7 +37,7 @@ impl Env {
     }
 
     pub fn sql(&mut self, sql: &str) {
-        self.pg.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        self.pg.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())));
     }
 
     /// The SQL error a statement raises: (SQLSTATE, message).
