@@ -71,7 +71,8 @@ CREATE TABLE redis.delivery (
     last_error_at     timestamptz
 );
 
--- What is synced, one row per table (the active mapping versions).
+-- What is synced, one row per table (the active mapping versions), under the table's current
+-- name (a renamed table keeps syncing; a dropped one disappears).
 CREATE VIEW redis.tables AS
 SELECT m.table_name,
        m.key_template,
@@ -80,14 +81,26 @@ SELECT m.table_name,
        m.columns,
        m.stream_key,
        m.channel,
-       m.schema_name,
-       m.rel_name,
+       n.nspname AS schema_name,
+       c.relname AS rel_name,
        m.key_columns,
        m.key_types,
        m.id AS mapping_id
   FROM redis.mapping m
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
  WHERE m.active;
+
+-- A table with its partitions (pg_partition_tree gives nothing for a table that is not
+-- partitioned): relid, level, isleaf.
+CREATE FUNCTION redis._partition_tree(rel regclass) RETURNS TABLE (relid regclass, level integer, isleaf boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.relid, t.level, t.isleaf FROM pg_partition_tree(rel) t
+    UNION ALL
+    SELECT rel, 0, true WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(rel))
+$$;
 
 -- The mapping catalog is configuration: pg_dump keeps it (regclass values are dumped by name).
 SELECT pg_catalog.pg_extension_config_dump('redis.mapping', '');
+SELECT pg_catalog.pg_extension_config_dump('redis.mapping_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('redis.delivery', '');

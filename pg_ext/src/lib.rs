@@ -10,7 +10,9 @@ mod api;
 mod capture;
 mod errors;
 mod gucs;
+mod hooks;
 mod redis_client;
+mod threads;
 mod worker;
 
 ::pgrx::pg_module_magic!();
@@ -30,6 +32,7 @@ pub extern "C-unwind" fn _PG_init() {
     if preloaded() {
         worker::registry::init_shmem();
         worker::register_launcher();
+        hooks::install();
     }
 }
 

@@ -58,18 +58,20 @@ pub fn connect(t: &Target, resp3: bool) -> Result<redis::Connection, Error> {
         _ => redis::Client::open(info),
     }
     .map_err(|e| Error::invalid_value("pg_redis.url", format_args!("\"{}\"", redact_url(url)), e))?;
-    let conn = client.get_connection_with_timeout(connect_timeout).map_err(|e| from_redis(url, e))?;
-    conn.set_read_timeout(Some(command_timeout)).map_err(|e| from_redis(url, e))?;
-    conn.set_write_timeout(Some(command_timeout)).map_err(|e| from_redis(url, e))?;
+    let conn = client.get_connection_with_timeout(connect_timeout).map_err(|e| from_redis(t, e))?;
+    conn.set_read_timeout(Some(command_timeout)).map_err(|e| from_redis(t, e))?;
+    conn.set_write_timeout(Some(command_timeout)).map_err(|e| from_redis(t, e))?;
     Ok(conn)
 }
 
 /// Maps a client error to the shared vocabulary, naming the server without its password.
-pub fn from_redis(url: &str, e: redis::RedisError) -> Error {
+/// Callable from any thread (it reads no setting).
+pub fn from_redis(t: &Target, e: redis::RedisError) -> Error {
+    let url = t.url.as_str();
     let at = redact_url(url);
     let text = e.to_string().replace(url, &at);
     if e.is_timeout() {
-        Error::Timeout { what: format!("Redis at {at} did not answer"), ms: gucs::command_timeout().as_millis() as u64 }
+        Error::Timeout { what: format!("Redis at {at} did not answer"), ms: t.command_timeout.as_millis() as u64 }
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         Error::Unavailable { server: "Redis", reason: format!("{at}: {text}") }
     } else {
@@ -111,9 +113,7 @@ impl Executor {
     fn start() -> Result<Executor, Error> {
         let (req_tx, req_rx) = mpsc::channel::<Request>();
         let (resp_tx, resp_rx) = mpsc::channel::<Response>();
-        std::thread::Builder::new()
-            .name("pg_redis client".into())
-            .spawn(move || serve(req_rx, resp_tx))
+        crate::threads::spawn("pg_redis client", move || serve(req_rx, resp_tx))
             .map_err(|e| Error::Unavailable { server: "Redis", reason: format!("cannot start the client thread: {e}") })?;
         Ok(Executor { requests: req_tx, responses: resp_rx, next_id: 0 })
     }
@@ -132,7 +132,7 @@ fn serve(requests: mpsc::Receiver<Request>, responses: mpsc::Sender<Response>) {
         }
         .and_then(|(target, mut c)| {
             let _ = c.set_read_timeout(Some(req.target.command_timeout));
-            let r = (req.work)(&mut c).map_err(|e| from_redis(&target.url, e));
+            let r = (req.work)(&mut c).map_err(|e| from_redis(&req.target, e));
             if !matches!(&r, Err(e) if breaks_connection(e)) {
                 conn = Some((target, c));
             }
@@ -175,13 +175,15 @@ pub fn call<T: Send + 'static>(f: impl FnOnce(&mut redis::Connection) -> redis::
             Ok(_) => continue,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // SAFETY: reading the interrupt flag of this backend, on its main thread.
-                if unsafe { pg_sys::InterruptPending != 0 } {
+                if unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 } {
                     // Abandon the call: dropping the executor closes its channel, the thread
                     // finishes the command and exits with its connection.
                     drop(exec);
                     check_for_interrupts!();
                     return Err(Error::Timeout { what: "the Redis call was interrupted".into(), ms: 0 });
                 }
+                // Other interrupts (catch-up, barriers) are served and the wait goes on.
+                check_for_interrupts!();
                 if Instant::now() > give_up {
                     return Err(Error::Timeout { what: "Redis did not answer".into(), ms: command_timeout.as_millis() as u64 });
                 }

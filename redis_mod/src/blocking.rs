@@ -193,8 +193,12 @@ pub fn start() {
 }
 
 pub fn stop() {
-    STOP.store(true, Ordering::Release);
-    DEADLINES.changed.notify_all();
+    {
+        // Under the heap lock, so the thread cannot check the flag and then sleep through it.
+        let _heap = DEADLINES.heap.lock().unwrap_or_else(|e| e.into_inner());
+        STOP.store(true, Ordering::Release);
+        DEADLINES.changed.notify_all();
+    }
     if let Some(t) = THREAD.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = t.join();
     }

@@ -23,114 +23,141 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-struct Lease {
-    token: u64,
-    live: bool,
+/// Per key with reads in flight: when it was last revoked, how many fills are pending, and the
+/// reads clients may join.
+struct KeyState {
+    /// The sequence number of the last revocation; a fill that started before it may not store.
+    revoked_at: u64,
+    pending: u32,
+    flights: Vec<Flight>,
 }
 
-static FLIGHTS: Mutex<Option<HashMap<Vec<u8>, Vec<Blocked>>>> = Mutex::new(None);
-static LEASES: Mutex<Option<HashMap<Vec<u8>, Lease>>> = Mutex::new(None);
+struct Flight {
+    token: u64,
+    waiters: Vec<Blocked>,
+}
+
+static KEYS: Mutex<Option<HashMap<Vec<u8>, KeyState>>> = Mutex::new(None);
 static NEGATIVE: Mutex<Option<HashMap<Vec<u8>, Instant>>> = Mutex::new(None);
-/// Leases plus negative entries: lets the keyspace handler return at once when both are empty.
+/// Keys in KEYS plus negative entries: lets the keyspace handler return at once when both are
+/// empty.
 static WATCHED: AtomicUsize = AtomicUsize::new(0);
-static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+/// One sequence for read starts and revocations: a read may store iff no revocation of its key
+/// came after it started.
+static SEQ: AtomicU64 = AtomicU64::new(1);
 const NEGATIVE_MAX: usize = 100_000;
+/// When the full negative map was last swept (sweeping is O(n); not on every insert).
+static NEGATIVE_SWEPT: Mutex<Option<Instant>> = Mutex::new(None);
 
 fn with<K, V, R>(m: &Mutex<Option<HashMap<K, V>>>, f: impl FnOnce(&mut HashMap<K, V>) -> R) -> R {
     let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
     f(g.get_or_insert_with(HashMap::new))
 }
 
+fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+fn state<'a>(keys: &'a mut HashMap<Vec<u8>, KeyState>, key: &[u8]) -> &'a mut KeyState {
+    keys.entry(key.to_vec()).or_insert_with(|| {
+        WATCHED.fetch_add(1, Ordering::Relaxed);
+        KeyState { revoked_at: 0, pending: 0, flights: Vec::new() }
+    })
+}
+
+fn forget_if_idle(keys: &mut HashMap<Vec<u8>, KeyState>, key: &[u8]) {
+    if keys.get(key).is_some_and(|s| s.pending == 0 && s.flights.is_empty()) {
+        keys.remove(key);
+        WATCHED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How a miss proceeds.
 pub enum Miss {
-    /// This request queries PostgreSQL; fills need this token.
+    /// This request queries PostgreSQL, as read `token`.
     Lead(u64),
-    /// Another request is already querying this key: wait for its answer.
-    Join,
+    /// A read of this key that started after its last change is in flight: wait for it.
+    Join(u64),
 }
 
 /// Starts a miss of `key` (main thread).
 pub fn begin_miss(key: &[u8]) -> Miss {
-    let joined = with(&FLIGHTS, |f| {
-        if f.contains_key(key) {
-            true
-        } else {
-            f.insert(key.to_vec(), Vec::new());
-            false
+    with(&KEYS, |keys| {
+        let st = state(keys, key);
+        if let Some(f) = st.flights.iter().rev().find(|f| f.token > st.revoked_at) {
+            STATS.joined_misses.inc();
+            return Miss::Join(f.token);
         }
-    });
-    if joined {
-        STATS.joined_misses.inc();
-        return Miss::Join;
-    }
-    Miss::Lead(take_lease(key))
+        let token = next_seq();
+        st.pending += 1;
+        st.flights.push(Flight { token, waiters: Vec::new() });
+        Miss::Lead(token)
+    })
 }
 
-/// A fresh lease for `key` (a newer one replaces any older one, whose fill is then refused).
+/// A lease for a read that nobody can join (PG.MGET): its fill stores only if the key does not
+/// change meanwhile.
 pub fn take_lease(key: &[u8]) -> u64 {
-    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-    with(&LEASES, |l| {
-        if l.insert(key.to_vec(), Lease { token, live: true }).is_none() {
-            WATCHED.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    token
+    with(&KEYS, |keys| {
+        let token = next_seq();
+        state(keys, key).pending += 1;
+        token
+    })
 }
 
-/// Adds a client to the in-flight read of `key`; gives it back if that read already finished.
-pub fn wait_for(key: &[u8], blocked: Blocked) -> Result<(), Blocked> {
-    with(&FLIGHTS, |f| match f.get_mut(key) {
-        Some(w) => {
-            w.push(blocked);
+/// Adds a client to read `token` of `key`; gives it back if that read already finished.
+pub fn wait_for(key: &[u8], token: u64, blocked: Blocked) -> Result<(), Blocked> {
+    with(&KEYS, |keys| match keys.get_mut(key).and_then(|s| s.flights.iter_mut().find(|f| f.token == token)) {
+        Some(f) => {
+            f.waiters.push(blocked);
             Ok(())
         }
         None => Err(blocked),
     })
 }
 
-/// Ends the in-flight read of `key` (pool thread): returns the clients that joined it.
-pub fn end_flight(key: &[u8]) -> Vec<Blocked> {
-    with(&FLIGHTS, |f| f.remove(key)).unwrap_or_default()
-}
-
-/// Consumes the lease if `token` still holds it: true means the fill may store.
-fn consume_lease(key: &[u8], token: u64) -> bool {
-    with(&LEASES, |l| match l.get(key) {
-        Some(lease) if lease.token == token => {
-            let live = lease.live;
-            l.remove(key);
-            WATCHED.fetch_sub(1, Ordering::Relaxed);
-            live
-        }
-        _ => false,
+/// Ends read `token` of `key` (pool thread): returns the clients that joined it.
+pub fn end_flight(key: &[u8], token: u64) -> Vec<Blocked> {
+    with(&KEYS, |keys| {
+        let Some(st) = keys.get_mut(key) else { return Vec::new() };
+        let waiters = match st.flights.iter().position(|f| f.token == token) {
+            Some(i) => st.flights.swap_remove(i).waiters,
+            None => Vec::new(),
+        };
+        forget_if_idle(keys, key);
+        waiters
     })
 }
 
-/// Drops a lease whose fill will never run (every waiting client left).
+/// Ends read `token`'s claim on `key`: true when it may store (no change since it started).
+fn consume_lease(key: &[u8], token: u64) -> bool {
+    with(&KEYS, |keys| {
+        let Some(st) = keys.get_mut(key) else { return false };
+        st.pending = st.pending.saturating_sub(1);
+        let live = st.revoked_at < token;
+        forget_if_idle(keys, key);
+        live
+    })
+}
+
+/// Drops a lease whose fill will never run (every waiting client left, or the read failed).
 pub fn abandon_lease(key: &[u8], token: u64) {
     consume_lease(key, token);
 }
 
-/// A key changed, was deleted, expired or was evicted: revoke its lease, end its negative entry.
+/// A key changed, was deleted, expired or was evicted: revoke its reads, end its negative entry.
 pub fn revoke(key: &[u8]) {
     if WATCHED.load(Ordering::Relaxed) == 0 {
         return;
     }
-    with(&LEASES, |l| {
-        if let Some(lease) = l.get_mut(key) {
-            lease.live = false;
-        }
-    });
-    if with(&NEGATIVE, |n| n.remove(key)).is_some() {
-        WATCHED.fetch_sub(1, Ordering::Relaxed);
-    }
+    revoke_unconditionally(key);
 }
 
 /// `PG.INVALIDATE`: revoke even when nothing else is watched.
 pub fn revoke_unconditionally(key: &[u8]) {
-    with(&LEASES, |l| {
-        if let Some(lease) = l.get_mut(key) {
-            lease.live = false;
+    with(&KEYS, |keys| {
+        if let Some(st) = keys.get_mut(key) {
+            st.revoked_at = next_seq();
         }
     });
     if with(&NEGATIVE, |n| n.remove(key)).is_some() {
@@ -140,10 +167,11 @@ pub fn revoke_unconditionally(key: &[u8]) {
 
 /// Every key starting with `prefix` (TRUNCATE of a table).
 pub fn revoke_prefix(prefix: &[u8]) {
-    with(&LEASES, |l| {
-        for (k, lease) in l.iter_mut() {
+    let seq = next_seq();
+    with(&KEYS, |keys| {
+        for (k, st) in keys.iter_mut() {
             if k.starts_with(prefix) {
-                lease.live = false;
+                st.revoked_at = seq;
             }
         }
     });
@@ -157,9 +185,17 @@ pub fn revoke_prefix(prefix: &[u8]) {
 
 /// FLUSHALL / FLUSHDB: nothing cached before may be refilled by an older read.
 pub fn revoke_all() {
-    with(&LEASES, |l| l.values_mut().for_each(|lease| lease.live = false));
+    let seq = next_seq();
+    with(&KEYS, |keys| keys.values_mut().for_each(|st| st.revoked_at = seq));
     let removed = with(&NEGATIVE, |n| std::mem::take(n).len());
     WATCHED.fetch_sub(removed, Ordering::Relaxed);
+}
+
+/// Forgets everything (module unload: the library may stay mapped and keep its statics).
+pub fn reset() {
+    with(&KEYS, |keys| keys.clear());
+    with(&NEGATIVE, |n| n.clear());
+    WATCHED.store(0, Ordering::Relaxed);
 }
 
 /// Keyspace events: any change of a key revokes; the worker's revoke signals name their keys.
@@ -211,7 +247,13 @@ fn add_negative(key: &[u8]) {
     }
     with(&NEGATIVE, |n| {
         if n.len() >= NEGATIVE_MAX {
+            // Sweep expired entries at most once a second; until there is room, remember no more.
             let now = Instant::now();
+            let mut swept = NEGATIVE_SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *swept = Some(now);
             let before = n.len();
             n.retain(|_, until| *until > now);
             WATCHED.fetch_sub(before - n.len(), Ordering::Relaxed);
@@ -230,6 +272,9 @@ fn add_negative(key: &[u8]) {
 pub struct Fill {
     pub key: Vec<u8>,
     pub token: u64,
+    /// False when the row's own key differs from the key asked for (`users:042` for row 42):
+    /// the row is answered but not stored, since no push would ever update that key.
+    pub store: bool,
     /// The encoded row, or None when the row does not exist.
     pub value: Option<Encoded>,
     /// Seconds the key lives (mapping TTL or default_ttl); None: no expiry.
@@ -241,8 +286,10 @@ pub struct Fill {
 }
 
 impl Fill {
-    pub fn new(key: Vec<u8>, token: u64, value: Option<Encoded>, ttl: Option<u64>, started: Instant, waiters: usize) -> Arc<Fill> {
-        Arc::new(Fill { key, token, value, ttl, started, done: AtomicBool::new(false), pending: AtomicUsize::new(waiters.max(1)) })
+    pub fn new(key: Vec<u8>, token: u64, value: Option<(String, Encoded)>, ttl: Option<u64>, started: Instant, waiters: usize) -> Arc<Fill> {
+        let store = value.as_ref().is_none_or(|(k, _)| k.as_bytes() == key.as_slice());
+        let value = value.map(|(_, v)| v);
+        Arc::new(Fill { key, token, store, value, ttl, started, done: AtomicBool::new(false), pending: AtomicUsize::new(waiters.max(1)) })
     }
 
     /// Stores the row (main thread), once, if the lease is still live.
@@ -252,6 +299,14 @@ impl Fill {
         }
         if !consume_lease(&self.key, self.token) {
             STATS.stale_fills_refused.inc();
+            return;
+        }
+        if !self.store {
+            return;
+        }
+        // Only a primary stores (a replica's data comes from its primary), and never past
+        // maxmemory (the row is still answered).
+        if !ctx.get_flags().contains(redis_module::ContextFlags::MASTER) {
             return;
         }
         match &self.value {
@@ -278,7 +333,7 @@ impl Fill {
 /// Writes a row with its TTL (plus jitter) through the command table, so that it is
 /// replicated, written to the AOF and seen by client-side caching like any other write.
 fn store(ctx: &Context, key: &[u8], value: &Encoded, ttl: Option<u64>) -> Result<(), String> {
-    let opts = CallOptionsBuilder::new().replicate().errors_as_replies().build();
+    let opts = CallOptionsBuilder::new().replicate().verify_oom().errors_as_replies().build();
     let px = ttl.map(|t| jittered_ms(t).to_string());
     let check = |r: CallResult| r.map(|_| ()).map_err(|e| e.to_string());
     match value {
@@ -348,14 +403,18 @@ mod tests {
     fn leases_are_revoked_by_changes() {
         let t = take_lease(b"k1");
         revoke(b"k1");
-        assert!(!consume_lease(b"k1", t), "a revoked lease may not fill");
+        assert!(!consume_lease(b"k1", t), "a revoked read may not fill");
         let t = take_lease(b"k2");
         assert!(consume_lease(b"k2", t));
-        assert!(!consume_lease(b"k2", t), "a lease fills once");
-        let old = take_lease(b"k3");
-        let new = take_lease(b"k3");
-        assert!(!consume_lease(b"k3", old), "a newer miss supersedes an older one");
-        assert!(consume_lease(b"k3", new));
+        let a = take_lease(b"k3");
+        let b = take_lease(b"k3");
+        assert!(consume_lease(b"k3", b), "reads that saw no change both may fill");
+        assert!(consume_lease(b"k3", a));
+        let old = take_lease(b"k4");
+        revoke(b"k4");
+        let new = take_lease(b"k4");
+        assert!(!consume_lease(b"k4", old), "a read older than the change may not");
+        assert!(consume_lease(b"k4", new), "a read newer than the change may");
         let t = take_lease(b"users:9");
         revoke_prefix(b"users:");
         assert!(!consume_lease(b"users:9", t));
@@ -371,11 +430,16 @@ mod tests {
     }
 
     #[test]
-    fn single_flight_joins() {
+    fn single_flight_joins_only_fresh_reads() {
+        let Miss::Lead(t1) = begin_miss(b"sf") else { panic!("first miss leads") };
+        assert!(matches!(begin_miss(b"sf"), Miss::Join(t) if t == t1));
+        revoke(b"sf");
+        let Miss::Lead(t2) = begin_miss(b"sf") else { panic!("after a change, a new read leads") };
+        assert!(matches!(begin_miss(b"sf"), Miss::Join(t) if t == t2));
+        assert!(end_flight(b"sf", t1).is_empty());
+        assert!(end_flight(b"sf", t2).is_empty());
+        abandon_lease(b"sf", t1);
+        abandon_lease(b"sf", t2);
         assert!(matches!(begin_miss(b"sf"), Miss::Lead(_)));
-        assert!(matches!(begin_miss(b"sf"), Miss::Join));
-        assert!(end_flight(b"sf").is_empty());
-        assert!(matches!(begin_miss(b"sf"), Miss::Lead(_)));
-        end_flight(b"sf");
     }
 }

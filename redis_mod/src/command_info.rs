@@ -29,6 +29,19 @@ pub struct Info {
     pub categories: &'static str,
 }
 
+/// Registers a command whose handler takes Redis's raw arguments (the hot path of PG.GET).
+pub fn create_raw(ctx: &Context, name: &str, handler: extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int, flags: &str, first: i32, last: i32, step: i32) -> bool {
+    let (Ok(cname), Ok(cflags)) = (CString::new(name), CString::new(flags)) else { return false };
+    // SAFETY: called during OnLoad with the load context; Redis copies the strings.
+    let ok = unsafe {
+        raw::RedisModule_CreateCommand.is_some_and(|create| create(ctx.ctx, cname.as_ptr(), Some(handler), cflags.as_ptr(), first, last, step) == raw::REDISMODULE_OK as c_int)
+    };
+    if !ok {
+        guard::log_warning(&format!("could not create command {name}"));
+    }
+    ok
+}
+
 /// Registers the `pgcache` category if the server can (call before the commands get theirs).
 pub fn add_category(ctx: &Context) -> bool {
     // SAFETY: API pointer read once; called during OnLoad with the load context.

@@ -19,7 +19,37 @@ pub static TTL_JITTER_PCT: AtomicI64 = AtomicI64::new(10);
 /// When off, misses answer nil without asking PostgreSQL (the cache alone serves).
 pub static READ_THROUGH: AtomicBool = AtomicBool::new(true);
 pub static PG_URL: PgUrl = PgUrl { url: Mutex::new(String::new()), generation: AtomicU64::new(0) };
-pub static PG_PASSWORD_FILE: Mutex<String> = Mutex::new(String::new());
+pub static PG_PASSWORD_FILE: PasswordFile = PasswordFile(Mutex::new(String::new()));
+/// The database the cache lives in: the one pg_redis.url of the extension pushes to.
+pub static DB: AtomicI64 = AtomicI64::new(0);
+
+/// Path of a file holding the PostgreSQL password.
+pub struct PasswordFile(Mutex<String>);
+
+impl PasswordFile {
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_str(&self, v: &str) -> Result<(), &'static str> {
+        if v.contains('\0') {
+            return Err("ERR redis_pg.pg_password_file must not contain a NUL byte");
+        }
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v.to_owned();
+        Ok(())
+    }
+}
+
+impl ConfigurationValue<RedisString> for PasswordFile {
+    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
+        RedisString::create(None, self.get().replace('\0', ""))
+    }
+
+    fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
+        let s = val.try_as_str().map_err(|_| RedisError::Str("ERR redis_pg.pg_password_file must be UTF-8"))?;
+        self.set_str(s).map_err(RedisError::Str)
+    }
+}
 
 /// The PostgreSQL URL. Reads show it without its password; each change bumps a generation so
 /// pool threads reconnect.
@@ -49,13 +79,25 @@ impl ConfigurationValue<RedisString> for PgUrl {
 
     fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
         let s = val.try_as_str().map_err(|_| RedisError::Str("ERR redis_pg.pg_url must be UTF-8"))?.to_owned();
+        if s.contains('\0') {
+            return Err(RedisError::Str("ERR redis_pg.pg_url must not contain a NUL byte"));
+        }
+        if redact_url(&s) != s {
+            // CONFIG GET shows the URL without its password, and CONFIG REWRITE would then
+            // save it without one: keep passwords out of the URL altogether.
+            return Err(RedisError::Str("ERR redis_pg.pg_url must not carry a password (CONFIG GET, CONFIG REWRITE and MODULE LIST would expose or lose it); use redis_pg.pg_password_file or PGPASSWORD"));
+        }
         if !s.is_empty() {
-            s.parse::<postgres::Config>().map_err(|e| RedisError::String(format!("ERR redis_pg.pg_url \"{}\" is not a PostgreSQL connection string: {e}", redact_url(&s))))?;
+            s.parse::<postgres::Config>().map_err(|e| RedisError::String(format!("ERR redis_pg.pg_url \"{}\" is not a PostgreSQL connection string: {}", redact_url(&s), e.to_string().replace('\0', ""))))?;
         }
         *self.url.lock().unwrap_or_else(|e| e.into_inner()) = s;
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
+}
+
+pub fn db() -> i64 {
+    DB.load(Ordering::Relaxed)
 }
 
 pub fn pool_size() -> usize {
@@ -86,7 +128,7 @@ pub fn ttl_jitter_pct() -> u64 {
 
 /// The password to use when the URL carries none: `pg_password_file`, else `PGPASSWORD`.
 pub fn external_password() -> Result<Option<String>, String> {
-    let path = PG_PASSWORD_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let path = PG_PASSWORD_FILE.get();
     if !path.is_empty() {
         let pw = std::fs::read_to_string(&path).map_err(|e| format!("cannot read pg_password_file {path}: {e}"))?;
         return Ok(Some(pw.trim_end_matches(['\n', '\r']).to_owned()));
@@ -118,6 +160,7 @@ pub const INTEGERS: &[(&str, &AtomicI64, i64, i64)] = &[
     ("default_ttl", &DEFAULT_TTL, 0, i32::MAX as i64),
     ("negative_ttl", &NEGATIVE_TTL, 0, 86_400),
     ("ttl_jitter_pct", &TTL_JITTER_PCT, 0, 100),
+    ("db", &DB, 0, 1_000_000),
 ];
 
 /// Registers every setting as `redis_pg.<name>` and loads the values the config file gives.
@@ -145,6 +188,9 @@ pub fn apply_load_args(args: &[String]) -> Result<(), String> {
     if args.len() % 2 != 0 {
         return Err(format!("arguments come in pairs (name value), got {}: {}", args.len(), args.iter().map(|a| redact_url(a)).collect::<Vec<_>>().join(" ")));
     }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err("module arguments must not contain NUL bytes".into());
+    }
     for pair in args.chunks(2) {
         let (name, value) = (pair[0].to_ascii_lowercase(), &pair[1]);
         if let Some((n, v, min, max)) = INTEGERS.iter().find(|(n, ..)| *n == name) {
@@ -163,7 +209,7 @@ pub fn apply_load_args(args: &[String]) -> Result<(), String> {
                 *PG_URL.url.lock().unwrap_or_else(|e| e.into_inner()) = value.clone();
                 PG_URL.generation.fetch_add(1, Ordering::AcqRel);
             }
-            "pg_password_file" => *PG_PASSWORD_FILE.lock().unwrap_or_else(|e| e.into_inner()) = value.clone(),
+            "pg_password_file" => PG_PASSWORD_FILE.set_str(value).map_err(str::to_owned)?,
             "read_through" => {
                 READ_THROUGH.store(parse_yes_no(value).ok_or_else(|| format!("read_through must be yes or no, got \"{value}\""))?, Ordering::Relaxed);
             }

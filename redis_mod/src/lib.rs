@@ -39,8 +39,8 @@ const COMMANDS: &[Info] = &[
         complexity: "O(1) on a hit; one indexed PostgreSQL query on a miss",
         arity: 2,
         keys: Keys::First,
-        key_flags: KeySpecFlags::READ_WRITE.union(KeySpecFlags::ACCESS),
-        categories: "read write",
+        key_flags: KeySpecFlags::READ_ONLY.union(KeySpecFlags::ACCESS),
+        categories: "read",
     },
     Info {
         name: "pg.mget",
@@ -48,8 +48,8 @@ const COMMANDS: &[Info] = &[
         complexity: "O(N) for N keys",
         arity: -2,
         keys: Keys::All,
-        key_flags: KeySpecFlags::READ_WRITE.union(KeySpecFlags::ACCESS),
-        categories: "read write",
+        key_flags: KeySpecFlags::READ_ONLY.union(KeySpecFlags::ACCESS),
+        categories: "read",
     },
     Info {
         name: "pg.invalidate",
@@ -57,7 +57,7 @@ const COMMANDS: &[Info] = &[
         complexity: "O(N) for N keys",
         arity: -2,
         keys: Keys::All,
-        key_flags: KeySpecFlags::READ_WRITE.union(KeySpecFlags::REMOVE),
+        key_flags: KeySpecFlags::REMOVE.union(KeySpecFlags::DELETE),
         categories: "write",
     },
     Info {
@@ -103,6 +103,9 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         guard::log_warning(&format!("refusing to load: {why}"));
         return Status::Err;
     }
+    if !command_info::create_raw(ctx, "pg.get", commands::get::command, "readonly", 1, 1, 1) {
+        return Status::Err;
+    }
     let with_category = command_info::add_category(ctx);
     for info in COMMANDS {
         command_info::apply(ctx, info, with_category);
@@ -120,6 +123,11 @@ fn deinit(_ctx: &Context) -> Status {
         Ok(()) => {
             mappings::stop();
             blocking::stop();
+            // The library may stay mapped after unload: leave nothing behind for the next load.
+            INITIALIZED.store(false, Ordering::Release);
+            cache::reset();
+            pool::reset_health();
+            stats::STATS.reset();
             Status::Ok
         }
         Err(why) => {
@@ -159,8 +167,7 @@ redis_module! {
     init: init,
     deinit: deinit,
     commands: [
-        ["pg.get", guarded!(commands::get::run), "write", 1, 1, 1, ""],
-        ["pg.mget", guarded!(commands::mget::run), "write", 1, -1, 1, ""],
+        ["pg.mget", guarded!(commands::mget::run), "readonly", 1, -1, 1, ""],
         ["pg.invalidate", guarded!(commands::invalidate::run), "write", 1, -1, 1, ""],
         ["pg.reload", guarded!(commands::reload::run), "admin", 0, 0, 0, ""],
         ["pg.ping", guarded!(commands::ping::run), "readonly", 0, 0, 0, ""],

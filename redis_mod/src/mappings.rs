@@ -42,14 +42,26 @@ pub fn current() -> Result<Arc<MappingSet>, Error> {
     })
 }
 
+/// Whether `key` belongs to a mapped table (None while no mappings are loaded). The cache-hit
+/// path asks this without cloning the set.
+pub fn owns(key: &[u8]) -> Option<bool> {
+    CURRENT.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|m| m.owner_of(key).is_some())
+}
+
 /// Asks the loader thread for a reload (cheap; callable from any callback).
 pub fn request_reload() {
     *WAKE.requested.lock().unwrap_or_else(|e| e.into_inner()) = true;
     WAKE.cv.notify_one();
 }
 
+/// Loads started, and the start number of the set installed (an older load never replaces a
+/// newer one: PG.RELOAD and the loader thread may overlap).
+static LOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+static INSTALLED_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// Loads the mappings now on `session` and installs them.
 pub fn load_with(session: &mut Session) -> Result<usize, Error> {
+    let seq = LOAD_SEQ.fetch_add(1, Ordering::AcqRel) + 1;
     let rows = session.query(ACTIVE_MAPPINGS_SQL, &[]).map_err(|e| match e {
         Error::Remote { message, .. } if message.contains("(42P01)") => Error::Unavailable {
             server: "PostgreSQL",
@@ -77,7 +89,12 @@ pub fn load_with(session: &mut Session) -> Result<usize, Error> {
         }
     }
     let n = mappings.len();
-    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(MappingSet::new(mappings)));
+    let mut current = CURRENT.write().unwrap_or_else(|e| e.into_inner());
+    if INSTALLED_SEQ.load(Ordering::Acquire) < seq {
+        *current = Some(Arc::new(MappingSet::new(mappings)));
+        INSTALLED_SEQ.store(seq, Ordering::Release);
+    }
+    drop(current);
     LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clear();
     LOADS.fetch_add(1, Ordering::Relaxed);
     Ok(n)
@@ -93,12 +110,18 @@ pub fn start() {
 }
 
 pub fn stop() {
-    STOP.store(true, Ordering::Release);
-    WAKE.cv.notify_all();
+    {
+        // Under the wake lock, so the thread cannot check the flag and then sleep through it.
+        let _g = WAKE.requested.lock().unwrap_or_else(|e| e.into_inner());
+        STOP.store(true, Ordering::Release);
+        WAKE.cv.notify_all();
+    }
     if let Some(t) = THREAD.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = t.join();
     }
     *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = None;
+    INSTALLED_SEQ.store(0, Ordering::Release);
+    LOAD_SEQ.store(0, Ordering::Release);
 }
 
 fn run() {
@@ -109,6 +132,9 @@ fn run() {
     while !STOP.load(Ordering::Acquire) {
         let due = {
             let mut requested = WAKE.requested.lock().unwrap_or_else(|e| e.into_inner());
+            if STOP.load(Ordering::Acquire) {
+                break;
+            }
             let wait = if failing { retry } else { next_refresh.saturating_duration_since(Instant::now()) };
             if !*requested && !wait.is_zero() {
                 requested = WAKE.cv.wait_timeout(requested, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);

@@ -27,11 +27,16 @@ struct Queue {
     ready: Condvar,
 }
 
+/// How long an idle thread keeps polling the queue after its last job.
+const SPIN_AFTER_JOB: Duration = Duration::from_micros(300);
+
 static QUEUE: Queue = Queue { jobs: Mutex::new(VecDeque::new()), ready: Condvar::new() };
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 /// Threads currently running a job (for INFO and for refusing an unload while busy).
 pub static BUSY_THREADS: AtomicUsize = AtomicUsize::new(0);
+/// Jobs in the queue (read without the lock by spinning threads).
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 /// Threads holding an open connection.
 pub static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
@@ -43,13 +48,14 @@ pub fn submit(job: Job) -> Result<(), (Error, Job)> {
         return Err((e, job));
     }
     jobs.push_back(job);
+    QUEUED.fetch_add(1, Ordering::AcqRel);
     drop(jobs);
     QUEUE.ready.notify_one();
     Ok(())
 }
 
 pub fn queue_depth() -> usize {
-    QUEUE.jobs.lock().map(|j| j.len()).unwrap_or(0)
+    QUEUED.load(Ordering::Acquire)
 }
 
 /// Starts or stops threads until `pool_size` run.
@@ -77,8 +83,12 @@ pub fn shutdown() -> Result<(), String> {
     if BUSY_THREADS.load(Ordering::Acquire) > 0 || queue_depth() > 0 {
         return Err("PostgreSQL requests are still in flight".into());
     }
-    STOPPING.store(true, Ordering::Release);
-    QUEUE.ready.notify_all();
+    {
+        // Under the queue lock, so no thread can check the flag and then sleep through the notify.
+        let _jobs = QUEUE.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        STOPPING.store(true, Ordering::Release);
+        QUEUE.ready.notify_all();
+    }
     let threads = std::mem::take(&mut *THREADS.lock().unwrap_or_else(|e| e.into_inner()));
     for t in threads {
         let _ = t.join();
@@ -88,6 +98,7 @@ pub fn shutdown() -> Result<(), String> {
 
 fn run_thread(index: usize) {
     let mut session = Session::default();
+    let mut last_job = Instant::now() - SPIN_AFTER_JOB;
     loop {
         let job = {
             let mut jobs = QUEUE.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,12 +108,27 @@ fn run_thread(index: usize) {
                     return;
                 }
                 if let Some(job) = jobs.pop_front() {
+                    // Counted busy before the lock goes, so shutdown never sees an idle pool
+                    // while a job is out of the queue.
+                    BUSY_THREADS.fetch_add(1, Ordering::AcqRel);
+                    QUEUED.fetch_sub(1, Ordering::AcqRel);
                     break job;
+                }
+                // Right after a job, spin briefly (on an atomic, without the lock) before
+                // sleeping: under load the next job usually comes within microseconds, and
+                // waking a sleeping thread costs more.
+                if last_job.elapsed() < SPIN_AFTER_JOB {
+                    drop(jobs);
+                    while QUEUED.load(Ordering::Acquire) == 0 && last_job.elapsed() < SPIN_AFTER_JOB {
+                        std::hint::spin_loop();
+                        std::thread::yield_now();
+                    }
+                    jobs = QUEUE.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    continue;
                 }
                 jobs = QUEUE.ready.wait_timeout(jobs, Duration::from_millis(500)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
             }
         };
-        BUSY_THREADS.fetch_add(1, Ordering::AcqRel);
         let Job { deadline, work } = job;
         guard::callback("a PostgreSQL request", || {
             if Instant::now() >= deadline {
@@ -112,6 +138,7 @@ fn run_thread(index: usize) {
             }
         });
         BUSY_THREADS.fetch_sub(1, Ordering::AcqRel);
+        last_job = Instant::now();
     }
 }
 
@@ -162,6 +189,8 @@ impl Session {
 
     /// A prepared statement, prepared once per connection.
     pub fn prepare(&mut self, sql: &str) -> Result<postgres::Statement, Error> {
+        // (Re)connect first: statements prepared on a closed connection are forgotten there.
+        self.client()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -178,7 +207,9 @@ impl Session {
     /// Runs a prepared (and cached) statement.
     pub fn query(&mut self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<postgres::Row>, Error> {
         let stmt = self.prepare(sql)?;
+        let started = Instant::now();
         let result = self.client()?.query(&stmt, params);
+        crate::stats::STATS.query_latency.record(started.elapsed());
         result.map_err(|e| self.fail(e))
     }
 
@@ -243,6 +274,14 @@ fn connect_with_backoff() -> Result<postgres::Client, Error> {
     }
 }
 
+/// Forgets the shared backoff (module unload).
+pub fn reset_health() {
+    let mut h = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
+    h.failures = 0;
+    h.retry_at = None;
+    h.last_error.clear();
+}
+
 fn note_failure(message: &str) {
     let mut h = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
     h.failures = h.failures.saturating_add(1);
@@ -266,7 +305,11 @@ fn connect() -> Result<postgres::Client, Error> {
     cfg.application_name("redis_pg");
     cfg.connect_timeout(config::query_timeout().min(Duration::from_secs(2)));
     cfg.keepalives(true).keepalives_idle(Duration::from_secs(30));
-    cfg.connect(postgres::NoTls).map_err(|e| unavailable(format!("{}: {}", where_pg(), describe(&e))))
+    let mut client = cfg.connect(postgres::NoTls).map_err(|e| unavailable(format!("{}: {}", where_pg(), describe(&e))))?;
+    // Our statements name tables and types fully; operators and functions come from pg_catalog
+    // whatever search_path the role has.
+    client.batch_execute("SET search_path = pg_catalog, pg_temp").map_err(|e| unavailable(format!("{}: {}", where_pg(), describe(&e))))?;
+    Ok(client)
 }
 
 /// A postgres error as one line, without any connection secret (the driver never includes

@@ -15,6 +15,9 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Fill latencies in power-of-two microsecond buckets: enough for p50/p99 within a factor of
@@ -26,6 +29,10 @@ pub struct Latency {
 impl Latency {
     pub const fn new() -> Self {
         Latency { buckets: [const { AtomicU64::new(0) }; 32] }
+    }
+
+    fn reset(&self) {
+        self.buckets.iter().for_each(|b| b.store(0, Ordering::Relaxed));
     }
 
     pub fn record(&self, d: Duration) {
@@ -65,6 +72,19 @@ pub struct Stats {
     pub timeouts: Counter,
     pub busy: Counter,
     pub fill_latency: Latency,
+    /// Time PostgreSQL took to answer a read (on the pool thread).
+    pub query_latency: Latency,
+}
+
+impl Stats {
+    /// Back to zero (module unload: the next load starts fresh).
+    pub fn reset(&self) {
+        for c in [&self.hits, &self.misses, &self.fills, &self.negative_hits, &self.joined_misses, &self.stale_fills_refused, &self.pg_queries, &self.pg_errors, &self.timeouts, &self.busy] {
+            c.reset();
+        }
+        self.fill_latency.reset();
+        self.query_latency.reset();
+    }
 }
 
 pub static STATS: Stats = Stats {
@@ -79,6 +99,7 @@ pub static STATS: Stats = Stats {
     timeouts: Counter::new(),
     busy: Counter::new(),
     fill_latency: Latency::new(),
+    query_latency: Latency::new(),
 };
 
 #[cfg(test)]

@@ -102,17 +102,23 @@ fn module_refuses_a_password_in_its_arguments() {
 }
 
 #[test]
-fn module_password_set_at_run_time_is_never_shown() {
+fn module_password_comes_from_a_file_never_from_the_url() {
     let s = start("foundation_module_config_set");
     let mut r = s.redis.client().unwrap();
     let url = format!("postgresql://postgres:hunter2@127.0.0.1:{}/postgres", s.pg.port);
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg(&url).query(&mut r).unwrap();
-    let shown: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("redis_pg.pg_url").query(&mut r).unwrap();
-    assert_eq!(shown[1], format!("postgresql://postgres:****@127.0.0.1:{}/postgres", s.pg.port));
+    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg(&url).query::<()>(&mut r).unwrap_err().to_string();
+    assert!(err.contains("must not carry a password") && err.contains("pg_password_file"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg("x\0y").query::<()>(&mut r).unwrap_err().to_string();
+    assert!(err.contains("NUL"), "{err}");
+    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_password_file").arg("a\0b").query::<()>(&mut r).unwrap_err().to_string();
+    assert!(err.contains("NUL"), "{err}");
     let v: String = redis::cmd("PG.PING").query(&mut r).unwrap();
     assert!(v.starts_with("PostgreSQL"));
-    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg("postgresql://u:hunter2@h:notaport/db").query::<()>(&mut r).unwrap_err();
-    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg("postgresql://u@h:notaport/db").query::<()>(&mut r).unwrap_err();
+    assert!(err.to_string().contains("not a PostgreSQL connection string"), "{err}");
+    let info: String = redis::cmd("INFO").arg("redis_pg").query(&mut r).unwrap();
+    assert!(info.contains("redis_pg_pg_url"), "{info}");
     assert!(!s.redis.log().contains("hunter2"));
 }
 

@@ -143,7 +143,7 @@ fn errors_are_clear_and_typed() {
     let e = err(pg_get(&mut env.redis, "nope:1"));
     assert!(e.contains("nope:1") && e.contains("no synced table"), "{e}");
     let e = err(pg_get(&mut env.redis, "users:abc"));
-    assert!(e.contains("users:abc") && e.contains("bigint"), "{e}");
+    assert!(e.contains("users:abc") && e.contains("int8"), "{e}");
     let e = err(pg_get(&mut env.redis, "users:1:2"));
     assert!(e.contains("users:1:2"), "{e}");
     let e = redis::cmd("PG.GET").query::<String>(&mut env.redis).unwrap_err().to_string();

@@ -241,7 +241,7 @@ fn concurrent_writers_converge() {
 fn bad_input_is_refused_clearly() {
     let mut env = Env::start("sync_rejects");
     env.sql(
-        "CREATE TABLE users (id int PRIMARY KEY, name text, maybe int);
+        "CREATE TABLE users (id int PRIMARY KEY, name text, maybe int UNIQUE, tag text NOT NULL DEFAULT 'x');
          CREATE TABLE nopk (a int, b int);
          CREATE VIEW v AS SELECT * FROM users;
          CREATE ROLE someone LOGIN;
@@ -256,6 +256,7 @@ fn bad_input_is_refused_clearly() {
         ("SELECT redis.sync_table('users', columns => ARRAY['nope'])", "42703", "\"nope\""),
         ("SELECT redis.sync_table('users', key => 'u:{nope}')", "42703", "\"nope\""),
         ("SELECT redis.sync_table('users', key => 'u:{maybe}')", "22023", "\"maybe\""),
+        ("SELECT redis.sync_table('users', key => 'u:{tag}')", "22023", "not unique"),
         ("SELECT redis.sync_table('users', key => '{id}')", "22023", "literal text"),
         ("SELECT redis.sync_table('users', key => 'u:{id')", "22023", "never closed"),
         ("SELECT redis.sync_table('users', key => 'pg_redis:{id}')", "22023", "pg_redis itself"),

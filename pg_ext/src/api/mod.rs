@@ -2,7 +2,7 @@
 
 mod direct;
 mod on_commit;
-mod privileges;
+pub(crate) mod privileges;
 mod status;
 mod sync;
 

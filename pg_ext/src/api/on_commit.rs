@@ -29,7 +29,8 @@ fn on_commit(args: VariadicArray<&str>) {
     let Some(name) = command.first().map(|c| c.to_ascii_uppercase()) else {
         raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "redis.on_commit needs a command, e.g. redis.on_commit('DEL', 'report:today')", None);
     };
-    if REFUSED.contains(&name.as_str()) {
+    let blocking_read = matches!(name.as_str(), "XREAD" | "XREADGROUP") && command.iter().any(|a| a.eq_ignore_ascii_case("BLOCK"));
+    if REFUSED.contains(&name.as_str()) || blocking_read {
         raise_with(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("{name} cannot be queued with redis.on_commit: it would block or change the state of the delivery connection"),

@@ -33,18 +33,18 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(10_000).max(0) as u64);
     let last = Spi::get_one::<i64>("SELECT max(id) FROM redis.outbox").ok().flatten();
     let Some(last) = last else { return true };
+    let first_dead = Spi::get_one::<i64>("SELECT coalesce(max(id), 0) FROM redis.dead_letter").ok().flatten().unwrap_or(0);
     // SAFETY: reading this backend's database id.
     registry::wake(unsafe { pg_sys::MyDatabaseId });
     let mut pause = Duration::from_micros(500);
     loop {
-        let pending = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM redis.outbox WHERE id <= $1 AND xmin <> coalesce(xid(pg_current_xact_id_if_assigned()), '0'::xid))",
-            &[last.into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-        if !pending {
+        if !others_pending(last) {
+            // Delivered, or parked for good: say so rather than claim success.
+            let parked = Spi::get_one_with_args::<i64>("SELECT count(*) FROM redis.dead_letter WHERE id > $1 AND id <= $2", &[first_dead.into(), last.into()]).ok().flatten().unwrap_or(0);
+            if parked > 0 {
+                warning!("pg_redis: {parked} change(s) could not be applied and were moved to redis.dead_letter");
+                return false;
+            }
             return true;
         }
         let now = Instant::now();
@@ -53,6 +53,30 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
         }
         sleep_interruptibly(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Whether the outbox holds an event up to `last` that another transaction wrote (this one's
+/// own, subtransactions included, are not committed yet and not waited for).
+fn others_pending(last: i64) -> bool {
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, u32)> = Spi::connect(|c| {
+            c.select("SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200", None, &[after.into(), last.into()])
+                .map(|t| t.filter_map(|r| Some((r.get::<i64>(1).ok()??, r.get::<i64>(2).ok()?? as u32))).collect())
+                .unwrap_or_default()
+        });
+        if rows.is_empty() {
+            return false;
+        }
+        // SAFETY: asking whether an xid is one of this transaction's.
+        if rows.iter().any(|(_, xmin)| !unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(*xmin)) }) {
+            return true;
+        }
+        if rows.len() < 200 {
+            return false;
+        }
+        after = rows.last().map(|r| r.0).unwrap_or(last);
     }
 }
 

@@ -4,7 +4,7 @@
 //! no writer interleaves between installing the triggers and queueing the backfill: a row's
 //! backfill event always comes before any later change of it in the outbox.
 
-use crate::api::privileges::{as_extension_owner, require_owner};
+use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, require_owner, with_catalog_search_path};
 use crate::capture::wake;
 use crate::errors::{raise, raise_with, OrRaise};
 use pg_redis_shared::apply::mappings_changed_key;
@@ -39,6 +39,7 @@ fn sync_table(
     backfill: default!(Option<bool>, "true"),
 ) -> i64 {
     require_preloaded();
+    require_read_committed("redis.sync_table");
     let table = Table::check(&tbl);
     let cols = table_columns(table.oid);
     let template = match key {
@@ -49,6 +50,7 @@ fn sync_table(
         Some(t) => KeyTemplate::parse(t).or_raise(),
     };
     template.check_columns(&table.display, cols.iter().map(|c| c.name.as_str())).or_raise();
+    require_unique_key(&table, &template);
     let mut key_types = Vec::new();
     for kc in template.columns() {
         let c = cols.iter().find(|c| c.name == kc).map(|c| (c.sql_type.clone(), c.not_null)).unwrap_or_default();
@@ -97,8 +99,10 @@ fn sync_table(
         stream_key,
         channel: channel.map(str::to_owned),
     };
-    let queued = as_extension_owner(|| {
-        lock(&table);
+    lock(&table);
+    let (id, previous) = as_extension_owner_pinned(|| {
+        // One sync_table at a time checks prefixes against the others.
+        Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
         check_against_other_mappings(&mapping, table.oid);
         let previous = Spi::get_two_with_args::<i64, String>("SELECT id, key_template FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", &[table.oid.into()]);
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE table_name = $1::oid::regclass AND active", &[table.oid.into()]).unwrap_or_report();
@@ -111,12 +115,12 @@ fn sync_table(
         }
         install_triggers(&table, id);
         queue_mappings_changed(&database, id);
-        let queued = if backfill.unwrap_or(true) { queue_rows(&table, id) } else { 0 };
-        if let Ok((Some(_), _)) = previous {
-            notice!("pg_redis: mapping of {} updated", table.display);
-        }
-        queued
+        (id, previous)
     });
+    let queued = if backfill.unwrap_or(true) { queue_rows(&table, id) } else { 0 };
+    if let Ok((Some(_), _)) = previous {
+        notice!("pg_redis: mapping of {} updated", table.display);
+    }
     wake::after_commit();
     queued
 }
@@ -126,8 +130,8 @@ fn sync_table(
 #[pg_extern(volatile, parallel_unsafe)]
 fn unsync_table(tbl: PgRelation, purge: default!(Option<bool>, "false")) {
     let table = Table::check(&tbl);
-    as_extension_owner(|| {
-        lock(&table);
+    lock(&table);
+    as_extension_owner_pinned(|| {
         let id = active_mapping_id(&table);
         drop_triggers(&table);
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[id.into()]).unwrap_or_report();
@@ -144,16 +148,50 @@ fn unsync_table(tbl: PgRelation, purge: default!(Option<bool>, "false")) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn resync(tbl: PgRelation) -> i64 {
     require_preloaded();
+    require_read_committed("redis.resync");
     let table = Table::check(&tbl);
-    let n = as_extension_owner(|| {
-        lock(&table);
-        let id = active_mapping_id(&table);
-        let n = queue_rows(&table, id);
-        queue_row_event(id, 'S');
-        n
-    });
+    lock(&table);
+    let id = as_extension_owner_pinned(|| active_mapping_id(&table));
+    let n = queue_rows(&table, id);
+    as_extension_owner_pinned(|| queue_row_event(id, 'S'));
     wake::after_commit();
     n
+}
+
+/// The backfill reads the table in the caller's snapshot: under REPEATABLE READ that snapshot
+/// predates the lock, and a change committed while waiting for it would be missed.
+fn require_read_committed(what: &str) {
+    // SAFETY: reading the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("{what}() needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock"),
+            Some("call it in a READ COMMITTED transaction"),
+        );
+    }
+}
+
+/// A template's columns must identify one row: a unique index (not partial) over some of them.
+fn require_unique_key(t: &Table, template: &KeyTemplate) {
+    let cols: Vec<String> = template.columns().map(str::to_owned).collect();
+    let unique = with_catalog_search_path(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indimmediate \
+               AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) k(attnum) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE a.attname::text <> ALL ($2)) \
+               AND 0 <> ALL (i.indkey::int2[]))",
+            &[t.oid.into(), cols.clone().into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !unique {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("the key columns ({}) of table {} are not unique, so two rows could share one Redis key", cols.join(", "), t.display),
+            Some("build the key from the primary key or from columns with a unique index"),
+        );
+    }
 }
 
 fn require_preloaded() {
@@ -228,10 +266,14 @@ fn current_database() -> String {
     Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
 }
 
+/// Columns with their type as a schema-qualified name (key values are cast to it later, under
+/// whatever search_path the reader has).
 fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
-    Spi::connect(|c| {
+    with_catalog_search_path(|| Spi::connect(|c| {
         c.select(
-            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT a.attname::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull \
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             None,
             &[oid.into()],
         )
@@ -242,12 +284,12 @@ fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
             not_null: r.get(3).ok().flatten().unwrap_or(false),
         })
         .collect()
-    })
+    }))
 }
 
 /// Primary-key columns in index order; an error naming the table when there is none.
 fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
-    let cols: Vec<String> = Spi::connect(|c| {
+    let cols: Vec<String> = with_catalog_search_path(|| Spi::connect(|c| {
         c.select(
             "SELECT a.attname::text FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
@@ -257,7 +299,7 @@ fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
         .unwrap_or_report()
         .filter_map(|r| r.get::<String>(1).ok().flatten())
         .collect()
-    });
+    }));
     if cols.is_empty() {
         raise_with(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -329,27 +371,47 @@ fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid) -> i64 {
 
 const TRIGGERS: [&str; 2] = ["pg_redis_capture", "pg_redis_capture_truncate"];
 
-/// Drops the capture triggers that exist (quietly: no NOTICE for missing ones).
+/// Drops the capture triggers that exist (quietly: no NOTICE for missing ones), also the
+/// TRUNCATE triggers of partitions.
 fn drop_triggers(t: &Table) {
-    for name in TRIGGERS {
-        let exists = Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2 AND tgparentid = 0)", &[t.oid.into(), name.into()])
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-        if exists {
-            Spi::run(&format!("DROP TRIGGER {name} ON {}", t.quoted)).unwrap_or_report();
-        }
+    let triggers: Vec<(String, String)> = Spi::connect(|c| {
+        c.select(
+            "SELECT t.tgname::text, quote_ident(n.nspname) || '.' || quote_ident(r.relname) \
+               FROM redis._partition_tree($1) p JOIN pg_trigger t ON t.tgrelid = p.relid AND t.tgparentid = 0 \
+               JOIN pg_class r ON r.oid = p.relid JOIN pg_namespace n ON n.oid = r.relnamespace \
+              WHERE t.tgname = ANY ($2)",
+            None,
+            &[t.oid.into(), TRIGGERS.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
+        )
+        .unwrap_or_report()
+        .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??)))
+        .collect()
+    });
+    for (name, rel) in triggers {
+        Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_ident(&name))).unwrap_or_report();
     }
 }
 
+/// Row triggers (cloned to every partition by PostgreSQL) and TRUNCATE triggers, on the table
+/// and on each of its partitions (statement triggers are not cloned; a partition's TRUNCATE
+/// sweeps only the keys whose rows went). Partitions added later need another sync_table.
 fn install_triggers(t: &Table, mapping_id: i64) {
     drop_triggers(t);
-    Spi::run(&format!(
-        "CREATE TRIGGER pg_redis_capture AFTER INSERT OR UPDATE OR DELETE ON {q} FOR EACH ROW EXECUTE FUNCTION redis.capture('{mapping_id}'); \
-         CREATE TRIGGER pg_redis_capture_truncate AFTER TRUNCATE ON {q} FOR EACH STATEMENT EXECUTE FUNCTION redis.capture('{mapping_id}')",
-        q = t.quoted
-    ))
-    .unwrap_or_report();
+    let rels: Vec<String> = Spi::connect(|c| {
+        c.select(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(r.relname) FROM redis._partition_tree($1) p \
+               JOIN pg_class r ON r.oid = p.relid JOIN pg_namespace n ON n.oid = r.relnamespace ORDER BY p.level",
+            None,
+            &[t.oid.into()],
+        )
+        .unwrap_or_report()
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect()
+    });
+    Spi::run(&format!("CREATE TRIGGER pg_redis_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION redis.capture('{mapping_id}')", t.quoted)).unwrap_or_report();
+    for rel in rels {
+        Spi::run(&format!("CREATE TRIGGER pg_redis_capture_truncate AFTER TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION redis.capture('{mapping_id}')")).unwrap_or_report();
+    }
 }
 
 fn active_mapping_id(t: &Table) -> i64 {
@@ -369,37 +431,72 @@ fn queue_mappings_changed(database: &str, mapping_id: i64) {
     Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[cmd.into()]).unwrap_or_report();
 }
 
-/// Queues a read event for every row, in batches of blocks, reporting progress.
+/// Queues a read event for every row, in batches of blocks (per partition), reporting progress.
+/// The rows are read and turned into jsonb as the caller; only the finished values are written
+/// to the outbox as the extension's owner.
 fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
-    let partitioned = Spi::get_one_with_args::<bool>("SELECT relkind = 'p' FROM pg_class WHERE oid = $1", &[t.oid.into()]).ok().flatten().unwrap_or(false);
-    let insert = |filter: &str| -> i64 {
-        let only = if partitioned { "" } else { "ONLY " };
-        Spi::get_one_with_args::<i64>(
-            &format!("WITH q AS (INSERT INTO redis.outbox (mapping_id, op, new_row) SELECT $1, 'r', to_jsonb(t) FROM {only}{} t {filter} RETURNING 1) SELECT count(*) FROM q", t.quoted),
-            &[mapping_id.into()],
-        )
-        .unwrap_or_report()
-        .unwrap_or(0)
-    };
-    if partitioned {
-        let n = insert("");
-        notice!("pg_redis: backfill of {}: {n} rows queued for Redis", t.display);
-        return n;
-    }
-    let blocks = Spi::get_one_with_args::<i64>("SELECT pg_relation_size($1) / current_setting('block_size')::int8", &[t.oid.into()]).ok().flatten().unwrap_or(0);
-    let mut total = 0;
-    let mut start = 0;
-    loop {
-        let end = start + BACKFILL_BLOCKS;
-        let last = end >= blocks;
-        let filter = if last { format!("WHERE t.ctid >= '({start},0)'::tid") } else { format!("WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid") };
-        total += insert(&filter);
-        if last {
-            notice!("pg_redis: backfill of {}: {total} rows queued for Redis", t.display);
-            return total;
+    let leaves: Vec<(String, i64)> = as_extension_owner_pinned(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                   FROM redis._partition_tree($1) p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE p.isleaf ORDER BY p.level, c.oid",
+                None,
+                &[t.oid.into()],
+            )
+            .unwrap_or_report()
+            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??)))
+            .collect()
+        })
+    });
+    let total_blocks: i64 = leaves.iter().map(|l| l.1).sum::<i64>().max(1);
+    let (mut total, mut done_blocks) = (0i64, 0i64);
+    for (leaf, blocks) in &leaves {
+        let mut start = 0;
+        loop {
+            let end = start + BACKFILL_BLOCKS;
+            let last = end >= *blocks;
+            let filter = if last { format!("WHERE t.ctid >= '({start},0)'::tid") } else { format!("WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid") };
+            total += queue_range(leaf, &filter, mapping_id);
+            done_blocks += if last { blocks - start } else { BACKFILL_BLOCKS };
+            check_for_interrupts!();
+            if last {
+                break;
+            }
+            notice!("pg_redis: backfill of {}: {total} rows queued ({}%)", t.display, done_blocks * 100 / total_blocks);
+            start = end;
         }
-        notice!("pg_redis: backfill of {}: {total} rows queued ({}%)", t.display, end * 100 / blocks.max(1));
-        check_for_interrupts!();
-        start = end;
     }
+    notice!("pg_redis: backfill of {}: {total} rows queued for Redis", t.display);
+    total
+}
+
+/// One batch of the backfill: `to_jsonb` of the rows as the caller, the outbox insert as the
+/// extension's owner (the values cross as one jsonb array).
+fn queue_range(leaf: &str, filter: &str, mapping_id: i64) -> i64 {
+    Spi::connect_mut(|client| {
+        let read = format!("SELECT array_agg(to_jsonb(t)), count(*) FROM ONLY {leaf} t {filter}");
+        let (rows, n) = with_catalog_search_path(|| {
+            let table = client.update(read.as_str(), None, &[]).unwrap_or_report();
+            let row = table.first();
+            let n = row.get::<i64>(2).ok().flatten().unwrap_or(0);
+            // SAFETY: copies the array out of the tuple table before the next statement.
+            let rows = row.get_datum_by_ordinal(1).ok().flatten().map(|d| unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) });
+            (rows, n)
+        });
+        if let (Some(rows), true) = (rows, n > 0) {
+            as_extension_owner(|| {
+                // SAFETY: `rows` is a jsonb[] datum copied into this SPI context.
+                let arg = unsafe { pgrx::datum::DatumWithOid::new(rows, pg_sys::JSONBARRAYOID) };
+                client
+                    .update(
+                        "INSERT INTO redis.outbox (mapping_id, op, new_row) SELECT $1, 'r'::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x",
+                        None,
+                        &[mapping_id.into(), arg],
+                    )
+                    .unwrap_or_report();
+            });
+        }
+        n
+    })
 }

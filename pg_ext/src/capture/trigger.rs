@@ -1,12 +1,15 @@
 //! The capture trigger: `redis.capture('<mapping id>')`, installed by `redis.sync_table` as an
 //! AFTER ROW trigger (INSERT, UPDATE, DELETE) and an AFTER STATEMENT trigger (TRUNCATE).
 //!
-//! It only appends to `redis.outbox` in the user's transaction, through one prepared plan kept
-//! for the life of the backend: `to_jsonb` of the row runs in SQL on the row datum itself, so
-//! there is no text round trip here. The key and the stored value are computed later, by the
-//! worker, with the mapping version the trigger names. An UPDATE that changes none of the
-//! mapped columns (nor the key columns) queues nothing.
+//! It only appends to `redis.outbox` in the user's transaction. `to_jsonb` of the row is called
+//! directly (no SQL round trip) as the user who changed the row, so a user-defined cast a type
+//! brings runs with that user's rights; only the INSERT of the finished values runs as the
+//! extension's owner (users need no right on the outbox, and cannot invent events). The key and
+//! stored value are computed later by the worker, with the mapping version the trigger names.
+//! An UPDATE that changes none of the mapped columns (nor the key columns) queues nothing; one
+//! that keeps the key of a table without stream or channel does not store the old row.
 
+use crate::api::privileges::as_extension_owner;
 use crate::capture::wake;
 use crate::errors::raise_with;
 use pgrx::datum::DatumWithOid;
@@ -15,62 +18,142 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
-const INSERT_SQL: &str = "INSERT INTO redis.outbox (mapping_id, op, old_row, new_row) VALUES ($1, $2::\"char\", to_jsonb($3), to_jsonb($4))";
+const INSERT_SQL: &str = "INSERT INTO redis.outbox (mapping_id, op, old_row, new_row) VALUES ($1, $2::pg_catalog.\"char\", $3, $4)";
 
 thread_local! {
     static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-    /// Per mapping version (immutable once written): the columns whose change matters, by
-    /// name; `None` means every column.
-    static WATCHED: RefCell<HashMap<i64, Option<Vec<String>>>> = RefCell::new(HashMap::new());
+    /// What the trigger needs of each mapping version, by (trigger oid, mapping id): versions
+    /// never change, and a recreated extension has new triggers.
+    static MAPPINGS: RefCell<HashMap<(u32, i64), Rc<Watch>>> = RefCell::new(HashMap::new());
+    /// `to_jsonb` ready to call for each row type (kept for the life of the backend).
+    static TO_JSONB: RefCell<HashMap<u32, usize>> = RefCell::new(HashMap::new());
+}
+
+struct Watch {
+    /// Columns whose change matters, by name; `None` means every column.
+    columns: Option<Vec<String>>,
+    key_columns: Vec<String>,
+    /// Whether events carry the old row (`before`) to a stream or channel.
+    needs_before: bool,
+    /// The synced table; a TRUNCATE of one of its partitions fires on the partition.
+    table: pg_sys::Oid,
 }
 
 #[pg_trigger(sql = r#"
 CREATE FUNCTION redis."capture"() RETURNS trigger
-    LANGUAGE c SECURITY DEFINER
+    LANGUAGE c
     AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
 fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     let td = trigger.trigger_data();
-    let mapping_id = mapping_id_arg(trigger.trigger());
+    let tg = trigger.trigger();
+    let mapping_id = mapping_id_arg(tg);
     let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     // SAFETY: tg_relation and the tuples are valid for the duration of the trigger call.
-    let tupdesc = unsafe { (*td.tg_relation).rd_att };
+    let (tupdesc, relid, rowtype) = unsafe { ((*td.tg_relation).rd_att, (*td.tg_relation).rd_id, (*(*td.tg_relation).rd_rel).reltype) };
     let (op, old, new) = match event {
         pg_sys::TRIGGER_EVENT_INSERT => ('c', None, Some(td.tg_trigtuple)),
         pg_sys::TRIGGER_EVENT_DELETE => ('d', Some(td.tg_trigtuple), None),
         pg_sys::TRIGGER_EVENT_UPDATE => {
+            let w = watch(tg.tgoid, mapping_id);
+            let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
             // SAFETY: both tuples belong to this UPDATE of this relation.
-            if !unsafe { watched_columns_changed(mapping_id, td.tg_trigtuple, td.tg_newtuple, tupdesc) } {
+            if !unsafe { columns_changed(w.columns.as_deref(), old, new, tupdesc) } {
                 return Ok(None);
             }
-            ('u', Some(td.tg_trigtuple), Some(td.tg_newtuple))
+            let keep_old = w.needs_before || unsafe { columns_changed(Some(&w.key_columns), old, new, tupdesc) };
+            ('u', keep_old.then_some(old), Some(new))
         }
-        pg_sys::TRIGGER_EVENT_TRUNCATE => ('t', None, None),
+        pg_sys::TRIGGER_EVENT_TRUNCATE => {
+            // A partition alone: its keys go, the other partitions' stay (a sweep, not a purge).
+            // When the whole table is truncated, its partitions' triggers fire too: one purge
+            // covers them.
+            let w = watch(tg.tgoid, mapping_id);
+            let whole = relid == w.table;
+            if !first_truncate_of_statement(mapping_id, whole) {
+                return Ok(None);
+            }
+            (if whole { 't' } else { 'S' }, None, None)
+        }
         _ => return Ok(None),
     };
-    // SAFETY: the tuples are live; heap_copy_tuple_as_datum makes a self-contained composite
-    // datum (TOASTed values inlined) whose header names the row type.
-    let row = |t: Option<*mut pg_sys::HeapTupleData>| match t {
-        Some(t) if !t.is_null() => unsafe { DatumWithOid::new(pg_sys::heap_copy_tuple_as_datum(t, tupdesc), pg_sys::RECORDOID) },
-        _ => DatumWithOid::null_oid(pg_sys::RECORDOID),
+    let jsonb = |t: Option<*mut pg_sys::HeapTupleData>| match t {
+        // SAFETY: the tuple is live and described by tupdesc.
+        Some(t) if !t.is_null() => unsafe { DatumWithOid::new(row_to_jsonb(t, tupdesc, rowtype), pg_sys::JSONBOID) },
+        _ => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
-    let args = [mapping_id.into(), op.to_string().into(), row(old), row(new)];
-    Spi::connect_mut(|client| {
-        INSERT_PLAN.with_borrow_mut(|plan| {
-            if plan.is_none() {
-                let p = client
-                    .prepare_mut(INSERT_SQL, &[pg_sys::INT8OID.into(), pg_sys::TEXTOID.into(), pg_sys::RECORDOID.into(), pg_sys::RECORDOID.into()])
-                    .unwrap_or_report();
-                *plan = Some(p.keep());
-            }
-            if let Some(p) = plan.as_ref() {
-                client.update(p, None, &args).unwrap_or_report();
-            }
+    let args = [mapping_id.into(), op.to_string().into(), jsonb(old), jsonb(new)];
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            INSERT_PLAN.with_borrow_mut(|plan| {
+                if plan.is_none() {
+                    let p = client
+                        .prepare_mut(INSERT_SQL, &[pg_sys::INT8OID.into(), pg_sys::TEXTOID.into(), pg_sys::JSONBOID.into(), pg_sys::JSONBOID.into()])
+                        .unwrap_or_report();
+                    *plan = Some(p.keep());
+                }
+                if let Some(p) = plan.as_ref() {
+                    client.update(p, None, &args).unwrap_or_report();
+                }
+            })
         })
     });
     wake::after_commit();
     Ok(None)
+}
+
+/// Whether this TRUNCATE event of a mapping still needs queueing in the current statement: a
+/// purge of the whole table makes the sweeps of its partitions (same statement) pointless.
+fn first_truncate_of_statement(mapping_id: i64, whole: bool) -> bool {
+    thread_local! {
+        static SEEN: RefCell<(u32, u32, Vec<(i64, bool)>)> = const { RefCell::new((0, 0, Vec::new())) };
+    }
+    // SAFETY: reading this backend's transaction and command counters.
+    let (lxid, cid) = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentCommandId(false)) };
+    SEEN.with_borrow_mut(|(l, c, seen)| {
+        if (*l, *c) != (lxid, cid) {
+            *l = lxid;
+            *c = cid;
+            seen.clear();
+        }
+        if seen.iter().any(|(m, w)| *m == mapping_id && (*w || !whole)) {
+            return false;
+        }
+        seen.push((mapping_id, whole));
+        true
+    })
+}
+
+/// `to_jsonb(row)` by a direct function call, as the current user.
+///
+/// # Safety
+/// `tuple` is a live tuple described by `tupdesc`, whose row type is `rowtype`.
+unsafe fn row_to_jsonb(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, rowtype: pg_sys::Oid) -> pg_sys::Datum {
+    // SAFETY: see the function's contract; the FmgrInfo lives in TopMemoryContext.
+    unsafe {
+        let row = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
+        let flinfo = TO_JSONB.with_borrow_mut(|cache| *cache.entry(rowtype.to_u32()).or_insert_with(|| to_jsonb_for(rowtype) as usize)) as *mut pg_sys::FmgrInfo;
+        pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, row)
+    }
+}
+
+/// A call descriptor of `to_jsonb` whose argument is known to be of `rowtype` (to_jsonb reads
+/// its argument's type from the call expression).
+unsafe fn to_jsonb_for(rowtype: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
+    // SAFETY: allocations in TopMemoryContext, kept for the life of the backend.
+    unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let flinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
+        pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), flinfo);
+        let arg = pg_sys::makeNullConst(rowtype, -1, pg_sys::InvalidOid);
+        let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
+        let expr = pg_sys::makeFuncExpr(pg_sys::Oid::from(pg_sys::F_TO_JSONB), pg_sys::JSONBOID, args, pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::CoercionForm::COERCE_EXPLICIT_CALL);
+        (*flinfo).fn_expr = expr.cast();
+        pg_sys::MemoryContextSwitchTo(old);
+        flinfo
+    }
 }
 
 fn mapping_id_arg(t: &pg_sys::Trigger) -> i64 {
@@ -89,25 +172,55 @@ fn mapping_id_arg(t: &pg_sys::Trigger) -> i64 {
     })
 }
 
-/// The watched column names of a mapping version (cached: versions never change).
-fn watched(mapping_id: i64) -> Option<Vec<String>> {
-    if let Some(w) = WATCHED.with_borrow(|m| m.get(&mapping_id).cloned()) {
+/// What the trigger needs of a mapping version (cached).
+fn watch(tgoid: pg_sys::Oid, mapping_id: i64) -> Rc<Watch> {
+    let key = (tgoid.to_u32(), mapping_id);
+    if let Some(w) = MAPPINGS.with_borrow(|m| m.get(&key).cloned()) {
         return w;
     }
-    let (columns, key_columns) = Spi::get_two_with_args::<Vec<String>, Vec<String>>("SELECT columns, key_columns FROM redis.mapping WHERE id = $1", &[mapping_id.into()])
-        .unwrap_or((None, None));
-    let w = columns.map(|mut c| {
-        c.extend(key_columns.unwrap_or_default());
-        c
+    let row = as_extension_owner(|| {
+        Spi::connect(|c| {
+            let rows = c
+                .select(
+                    "SELECT columns, key_columns, stream_key IS NOT NULL OR channel IS NOT NULL, table_name::pg_catalog.oid FROM redis.mapping WHERE id OPERATOR(pg_catalog.=) $1",
+                    None,
+                    &[mapping_id.into()],
+                )
+                .unwrap_or_report();
+            rows.into_iter().next().map(|r| {
+                (
+                    r.get::<Vec<String>>(1).ok().flatten(),
+                    r.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<bool>(3).ok().flatten().unwrap_or(true),
+                    r.get::<pg_sys::Oid>(4).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                )
+            })
+        })
     });
-    WATCHED.with_borrow_mut(|m| m.insert(mapping_id, w.clone()));
+    let Some((columns, key_columns, needs_before, table)) = row else {
+        raise_with(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            format!("mapping {mapping_id} of this capture trigger no longer exists"),
+            Some("call redis.sync_table() again for this table, or redis.unsync_table() to drop its triggers"),
+        );
+    };
+    let w = Rc::new(Watch {
+        columns: columns.map(|mut c| {
+            c.extend(key_columns.iter().cloned());
+            c
+        }),
+        key_columns,
+        needs_before,
+        table,
+    });
+    MAPPINGS.with_borrow_mut(|m| m.insert(key, w.clone()));
     w
 }
 
-/// Whether an UPDATE changed any watched column (binary comparison: a value rewritten to an
-/// equal but differently stored form still counts as a change, which is harmless).
-unsafe fn watched_columns_changed(mapping_id: i64, old: *mut pg_sys::HeapTupleData, new: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc) -> bool {
-    let watched = watched(mapping_id);
+/// Whether an UPDATE changed any of `columns` (every column when None). Binary comparison: a
+/// value rewritten to an equal but differently stored form counts as a change, which is
+/// harmless.
+unsafe fn columns_changed(columns: Option<&[String]>, old: *mut pg_sys::HeapTupleData, new: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc) -> bool {
     // SAFETY: tupdesc describes both tuples.
     let natts = unsafe { (*tupdesc).natts } as usize;
     let attrs = unsafe { (*tupdesc).attrs.as_slice(natts) };
@@ -115,7 +228,7 @@ unsafe fn watched_columns_changed(mapping_id: i64, old: *mut pg_sys::HeapTupleDa
         if att.attisdropped {
             continue;
         }
-        if let Some(w) = &watched {
+        if let Some(w) = columns {
             // SAFETY: attname is a NUL-terminated NameData.
             let name = unsafe { std::ffi::CStr::from_ptr(att.attname.data.as_ptr()) }.to_bytes();
             if !w.iter().any(|c| c.as_bytes() == name) {

@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often unused mapping versions are forgotten.
 const GC_EVERY: Duration = Duration::from_secs(60);
+/// How long one delivery transaction keeps taking batches (short, so that vacuum can clean
+/// the outbox behind it).
+const TRANSACTION_TIME: Duration = Duration::from_millis(500);
 
 /// Registers the launcher; called from `_PG_init` while preloading.
 pub fn register_launcher() {
@@ -82,6 +85,15 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
         .execute()
 }
 
+/// Workers run as the bootstrap superuser: resolve every unqualified name in pg_catalog only,
+/// whatever search_path a database or role setting would give.
+fn pin_search_path() {
+    // SAFETY: setting a GUC on the worker's main thread, as an override.
+    unsafe {
+        pg_sys::SetConfigOption(c"search_path".as_ptr(), c"pg_catalog, pg_temp".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
+    }
+}
+
 fn reload_config_if_asked() {
     if BackgroundWorker::sighup_received() {
         // SAFETY: the documented way for a background worker to apply a reload.
@@ -94,6 +106,7 @@ fn reload_config_if_asked() {
 pub extern "C-unwind" fn pg_redis_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::launcher_database()), None);
+    pin_search_path();
     // SAFETY: our own pid.
     registry::set_launcher(unsafe { pg_sys::MyProcPid });
     let mut probed: HashSet<u32> = HashSet::new();
@@ -114,11 +127,15 @@ pub extern "C-unwind" fn pg_redis_launcher_main(_arg: pg_sys::Datum) {
         for (oid, name) in dbs {
             // New databases are probed once; a CREATE EXTENSION asks for every database again.
             if (everything || !probed.contains(&oid.to_u32())) && registry::info(oid).is_none() {
-                if !start_worker(oid, &name) {
+                if start_worker(oid, &name) {
+                    probed.insert(oid.to_u32());
+                } else {
+                    // Tried again at the next round.
                     log!("pg_redis: no free background worker slot for database {name}; raise max_worker_processes");
                 }
+            } else {
+                probed.insert(oid.to_u32());
             }
-            probed.insert(oid.to_u32());
         }
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
             break;
@@ -135,6 +152,7 @@ pub extern "C-unwind" fn pg_redis_worker_main(arg: pg_sys::Datum) {
     let Some(dboid) = (unsafe { pg_sys::Oid::from_datum(arg, false) }) else { return };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    pin_search_path();
     let database = in_transaction("checking for the extension", || {
         let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')").ok().flatten().unwrap_or(false);
         installed.then(|| Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default())
@@ -179,17 +197,22 @@ struct Worker {
     mappings: HashMap<i64, (Arc<TableMapping>, pg_sys::Oid)>,
     backoff: Backoff,
     stuck: HashMap<Scope, Backoff>,
+    pipeline: Option<redis_sink::PipelineThread>,
 }
 
 impl Worker {
     fn new(dboid: pg_sys::Oid, database: String) -> Self {
-        Worker { dboid, database, redis: None, mappings: HashMap::new(), backoff: Backoff::default(), stuck: HashMap::new() }
+        Worker { dboid, database, redis: None, mappings: HashMap::new(), backoff: Backoff::default(), stuck: HashMap::new(), pipeline: redis_sink::PipelineThread::start() }
     }
 
     fn run(&mut self) -> Exit {
         let mut last_gc = Instant::now();
         loop {
             reload_config_if_asked();
+            if registry::stop_requested(self.dboid) {
+                log!("pg_redis: worker of database {} stops (the database is being dropped or copied)", self.database);
+                return Exit::Done;
+            }
             let wait = match self.drain_once() {
                 Some(Drained::Some { full: true }) => Duration::ZERO,
                 Some(Drained::Some { full: false }) | Some(Drained::Empty) => {
@@ -202,7 +225,10 @@ impl Worker {
                         log!("pg_redis: extension dropped in database {}; worker stops", self.database);
                         return Exit::Done;
                     }
-                    IDLE_POLL
+                    // An ERROR in the delivery transaction (logged): back off as for Redis.
+                    let wait = self.backoff.fail(ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+                    registry::set_state(self.dboid, WorkerState::Backoff, None);
+                    wait
                 }
             };
             if last_gc.elapsed() > GC_EVERY {
@@ -271,17 +297,68 @@ impl Worker {
         let this = AssertUnwindSafe(&mut *self);
         in_transaction("delivering changes", move || {
             let this = this;
-            this.0.deliver_batch(limit)
+            this.0.deliver(limit)
         })
     }
 
-    fn deliver_batch(&mut self, limit: i64) -> Drained {
-        let events = outbox::read_batch(limit, &self.excluded());
-        if events.is_empty() {
-            return Drained::Empty;
+    /// Delivers batches in one transaction for up to TRANSACTION_TIME: while Redis executes
+    /// one batch (on the pipeline thread), the next is read and planned. A batch is sent only
+    /// after the previous one was settled, so Redis applies them in order.
+    fn deliver(&mut self, limit: i64) -> Drained {
+        let started = Instant::now();
+        let mut in_flight: Option<Flight> = None;
+        let mut outcome = Drained::Empty;
+        loop {
+            let taken: Vec<i64> = in_flight.as_ref().map(|f| f.events.iter().map(|e| e.id).collect()).unwrap_or_default();
+            let events = if started.elapsed() < TRANSACTION_TIME { outbox::read_batch(limit, &self.excluded(), &taken) } else { Vec::new() };
+            let full = events.len() as i64 >= limit || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
+            let planned = self.plan_all(&events);
+            if let Some(f) = in_flight.take() {
+                match f.wait(self) {
+                    Ok(()) => outcome = Drained::Some { full },
+                    Err(e) => return self.failed(&f.events, e),
+                }
+            }
+            if events.is_empty() {
+                return outcome;
+            }
+            registry::set_state(self.dboid, WorkerState::Delivering, None);
+            // Events of a table Redis just refused stay queued (their order must hold).
+            let (events, planned): (Vec<Event>, Vec<Result<Planned, String>>) = events.into_iter().zip(planned).filter(|(e, _)| !self.waiting(self.scope_of(e))).unzip();
+            let scans = planned.iter().any(|p| p.as_ref().is_ok_and(Planned::scans));
+            let target = redis_client::Target::from_settings();
+            let (runnable, status) = split(planned);
+            if scans || self.pipeline.is_none() {
+                let refs: Vec<&Planned> = runnable.iter().collect();
+                let tables: HashMap<i64, pg_sys::Oid> = self.mappings.iter().map(|(id, (_, oid))| (*id, *oid)).collect();
+                let sent = match self.connection() {
+                    Ok(conn) => {
+                        redis_sink::apply(conn, &refs, &mut |m, keys| outbox::existing_keys(m, tables.get(&m.id).copied().unwrap_or(pg_sys::InvalidOid), keys)).map_err(|e| redis_client::from_redis(&target, e))
+                    }
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(outcomes) => {
+                        self.backoff.succeed();
+                        self.settle(&events, status, outcomes);
+                        outcome = Drained::Some { full };
+                    }
+                    Err(e) => {
+                        self.redis = None;
+                        return self.failed(&events, e);
+                    }
+                }
+            } else if let Some(p) = &self.pipeline {
+                if !p.send(target, runnable) {
+                    self.pipeline = None;
+                    return self.failed(&events, pg_redis_shared::Error::Unavailable { server: "Redis", reason: "the pipeline thread stopped".into() });
+                }
+                in_flight = Some(Flight { events, status });
+            }
         }
-        let full = events.len() as i64 >= limit;
-        registry::set_state(self.dboid, WorkerState::Delivering, None);
+    }
+
+    fn plan_all(&mut self, events: &[Event]) -> Vec<Result<Planned, String>> {
         let missing: Vec<i64> = events.iter().filter_map(|e| e.mapping_id).filter(|id| !self.mappings.contains_key(id)).collect::<HashSet<_>>().into_iter().collect();
         if !missing.is_empty() {
             for (m, oid) in outbox::load_mappings(&missing) {
@@ -289,32 +366,24 @@ impl Worker {
             }
         }
         let ctx = ApplyContext { database: &self.database, stream_maxlen: gucs::STREAM_MAXLEN.get().max(0) as u64, now_ms: now_ms() };
-        let planned: Vec<Result<Planned, String>> = events.iter().map(|e| self.plan(e, &ctx)).collect();
-        let runnable: Vec<&Planned> = planned.iter().filter_map(|p| p.as_ref().ok()).collect();
-        let url = gucs::redis_url();
-        let sent = match self.connection() {
-            // Only events that planned are sent; their outcomes are mapped back in `settle`.
-            Ok(conn) => redis_sink::apply(conn, &runnable, &mut |m, keys| outbox::existing_keys(m, keys)).map_err(|e| redis_client::from_redis(&url, e)),
-            Err(e) => Err(e),
-        };
-        let outcomes = match sent {
-            Ok(o) => o,
-            Err(e) => {
-                self.redis = None;
-                let wait = self.backoff.fail(ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
-                let msg = e.to_string();
-                let scopes: HashSet<Scope> = events.iter().map(|ev| self.scope_of(ev)).collect();
-                for s in scopes {
-                    outbox::record_error(s, &msg);
-                }
-                registry::set_state(self.dboid, WorkerState::Backoff, Some(&msg));
-                log!("pg_redis: delivery to Redis failed, retrying in {} ms: {msg}", wait.as_millis());
-                return Drained::Failed(wait);
-            }
-        };
-        self.backoff.succeed();
-        self.settle(&events, planned, outcomes);
-        Drained::Some { full }
+        events.iter().map(|e| self.plan(e, &ctx)).collect()
+    }
+
+    fn waiting(&self, scope: Scope) -> bool {
+        self.stuck.get(&scope).is_some_and(Backoff::waiting)
+    }
+
+    /// Redis failed as a whole (connection, timeout): nothing of `events` was acknowledged.
+    fn failed(&mut self, events: &[Event], e: pg_redis_shared::Error) -> Drained {
+        let wait = self.backoff.fail(ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+        let msg = e.to_string();
+        let scopes: HashSet<Scope> = events.iter().map(|ev| self.scope_of(ev)).collect();
+        for s in scopes {
+            outbox::record_error(s, &msg);
+        }
+        registry::set_state(self.dboid, WorkerState::Backoff, Some(&msg));
+        log!("pg_redis: delivery to Redis failed, retrying in {} ms: {msg}", wait.as_millis());
+        Drained::Failed(wait)
     }
 
     fn plan(&self, e: &Event, ctx: &ApplyContext) -> Result<Planned, String> {
@@ -337,14 +406,14 @@ impl Worker {
 
     /// Deletes what Redis applied, parks what can never apply, keeps a refusing table's events
     /// (from its first refused one on, so per-key order holds) for a later retry.
-    fn settle(&mut self, events: &[Event], planned: Vec<Result<Planned, String>>, outcomes: Vec<Outcome>) {
+    fn settle(&mut self, events: &[Event], status: Vec<Result<(), String>>, outcomes: Vec<Outcome>) {
         let mut outcomes = outcomes.into_iter();
         let mut acked = Vec::new();
         let mut dead: Vec<(i64, String)> = Vec::new();
         let mut delivered: HashMap<Scope, i64> = HashMap::new();
         let mut errors: HashMap<Scope, String> = HashMap::new();
         let mut stuck_now: HashSet<Scope> = HashSet::new();
-        for (e, p) in events.iter().zip(planned) {
+        for (e, p) in events.iter().zip(status) {
             let scope = self.scope_of(e);
             let outcome = match p {
                 Ok(_) => outcomes.next().unwrap_or(Outcome::Refused("no reply".into())),
@@ -354,12 +423,14 @@ impl Worker {
                     continue;
                 }
             };
-            if stuck_now.contains(&scope) {
+            // A table's events after its first refused one stay queued (per-key order); queued
+            // commands are independent, and one already applied must not run twice.
+            if stuck_now.contains(&scope) && scope != Scope::Commands {
                 continue;
             }
             match outcome {
                 Outcome::Applied => {
-                    acked.push(e.id);
+                    acked.push(e.ctid.clone());
                     *delivered.entry(scope).or_default() += 1;
                 }
                 Outcome::Refused(err) if scope == Scope::Commands && !transient(&err) => {
@@ -391,6 +462,41 @@ impl Worker {
             registry::set_state(self.dboid, WorkerState::Delivering, Some(err));
         }
     }
+}
+
+/// A batch on its way to Redis.
+struct Flight {
+    events: Vec<Event>,
+    status: Vec<Result<(), String>>,
+}
+
+impl Flight {
+    /// Waits for Redis's answer and settles the batch.
+    fn wait(&self, w: &mut Worker) -> Result<(), pg_redis_shared::Error> {
+        let outcomes = match &w.pipeline {
+            Some(p) => p.wait()?,
+            None => return Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "the pipeline thread stopped".into() }),
+        };
+        w.backoff.succeed();
+        w.settle(&self.events, self.status.clone(), outcomes);
+        Ok(())
+    }
+}
+
+/// Planned events to send, and per event whether it planned (or why not).
+fn split(planned: Vec<Result<Planned, String>>) -> (Vec<Planned>, Vec<Result<(), String>>) {
+    let mut runnable = Vec::with_capacity(planned.len());
+    let status = planned
+        .into_iter()
+        .map(|p| match p {
+            Ok(p) => {
+                runnable.push(p);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        })
+        .collect();
+    (runnable, status)
 }
 
 /// Error replies that may go away by themselves (memory freed, a replica promoted).

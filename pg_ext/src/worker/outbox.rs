@@ -11,6 +11,8 @@ use pgrx::prelude::*;
 #[derive(Debug, Clone)]
 pub struct Event {
     pub id: i64,
+    /// Where the row is: deletes go straight to it (the row is locked, so it cannot move).
+    pub ctid: String,
     pub mapping_id: Option<i64>,
     pub kind: Kind,
     pub tx_id: i64,
@@ -40,13 +42,14 @@ impl Kind {
     }
 }
 
-const BATCH_SQL: &str = "SELECT id, mapping_id, op::text, tx_id, (extract(epoch FROM captured_at) * 1000)::int8, old_row::text, new_row::text, command \
-     FROM redis.outbox WHERE NOT (coalesce(mapping_id, 0) = ANY($2)) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+const BATCH_SQL: &str = "SELECT id, mapping_id, op::text, tx_id, (date_part('epoch', captured_at) * 1000)::int8, old_row::text, new_row::text, command, ctid::text \
+     FROM redis.outbox WHERE NOT (coalesce(mapping_id, 0) = ANY($2)) AND id <> ALL($3) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-/// The oldest `limit` events, skipping mapping versions in `excluded` (0 = commands).
-pub fn read_batch(limit: i64, excluded: &[i64]) -> Vec<Event> {
+/// The oldest `limit` events, skipping mapping versions in `excluded` (0 = commands) and the
+/// events in `taken` (already read by this transaction, on their way to Redis).
+pub fn read_batch(limit: i64, excluded: &[i64], taken: &[i64]) -> Vec<Event> {
     Spi::connect_mut(|client| {
-        let rows = client.update(BATCH_SQL, None, &[limit.into(), excluded.to_vec().into()]).unwrap_or_report();
+        let rows = client.update(BATCH_SQL, None, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]).unwrap_or_report();
         rows.map(|r| {
             let op: String = r.get(3).unwrap_or_report().unwrap_or_default();
             Event {
@@ -58,15 +61,19 @@ pub fn read_batch(limit: i64, excluded: &[i64]) -> Vec<Event> {
                 old_row: r.get(6).unwrap_or_report(),
                 new_row: r.get(7).unwrap_or_report(),
                 command: r.get(8).unwrap_or_report(),
+                ctid: r.get(9).unwrap_or_report().unwrap_or_default(),
             }
         })
         .collect()
     })
 }
 
-pub fn delete(ids: &[i64]) {
-    if !ids.is_empty() {
-        Spi::run_with_args("DELETE FROM redis.outbox WHERE id = ANY($1)", &[ids.to_vec().into()]).unwrap_or_report();
+/// Deletes delivered events by their row address (a TID scan: no index lookups; with
+/// thousands of addresses the planner would otherwise prefer scanning the whole outbox).
+pub fn delete(ctids: &[String]) {
+    if !ctids.is_empty() {
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap_or_report();
+        Spi::run_with_args("DELETE FROM redis.outbox WHERE ctid = ANY($1::tid[])", &[ctids.to_vec().into()]).unwrap_or_report();
     }
 }
 
@@ -134,18 +141,21 @@ pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
     Spi::connect(|client| {
         let rows = client
             .select(
-                "SELECT id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel, table_name::oid \
-                 FROM redis.mapping WHERE id = ANY($1)",
+                "SELECT m.id, n.nspname::text, c.relname::text, m.key_template, m.key_types, m.format, m.ttl, m.columns, m.stream_key, m.channel, m.table_name::oid \
+                 FROM redis.mapping m LEFT JOIN pg_class c ON c.oid = m.table_name LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE m.id = ANY($1)",
                 None,
                 &[ids.to_vec().into()],
             )
             .unwrap_or_report();
         let mut out = Vec::new();
         for r in rows {
+            // A dropped table has no names any more: its events cannot be applied.
+            let (Some(schema_name), Some(rel_name)) = (r.get::<String>(2).unwrap_or_report(), r.get::<String>(3).unwrap_or_report()) else { continue };
             let row = CatalogRow {
                 id: r.get(1).unwrap_or_report().unwrap_or_default(),
-                schema_name: r.get(2).unwrap_or_report().unwrap_or_default(),
-                rel_name: r.get(3).unwrap_or_report().unwrap_or_default(),
+                schema_name,
+                rel_name,
                 key_template: r.get(4).unwrap_or_report().unwrap_or_default(),
                 key_types: r.get(5).unwrap_or_report().unwrap_or_default(),
                 format: r.get(6).unwrap_or_report().unwrap_or_default(),
@@ -170,13 +180,54 @@ pub fn forget_unused_mappings() {
 }
 
 /// Positions (0-based) of the keys, given as one value list per key, whose rows still exist.
-pub fn existing_keys(mapping: &TableMapping, keys: &[Vec<String>]) -> Vec<usize> {
+/// The query runs as the table's owner (casting key text to the key types may run code of
+/// theirs, such as a domain's CHECK) inside a subtransaction: keys whose values do not even
+/// cast count as existing (kept), and an error never stalls delivery.
+pub fn existing_keys(mapping: &TableMapping, table: pg_sys::Oid, keys: &[Vec<String>]) -> Vec<usize> {
     let ncols = mapping.key.columns().count();
     let columns: Vec<Vec<String>> = (0..ncols).map(|c| keys.iter().map(|k| k.get(c).cloned().unwrap_or_default()).collect()).collect();
     let sql = pg_redis_shared::sql::existing_keys(mapping);
-    Spi::connect(|client| {
-        let args: Vec<pgrx::datum::DatumWithOid> = columns.into_iter().map(Into::into).collect();
-        let rows = client.select(sql.as_str(), None, &args).unwrap_or_report();
-        rows.filter_map(|r| r.get::<i64>(1).ok().flatten()).map(|ord| ord as usize - 1).collect()
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_class WHERE oid = $1", &[table.into()]).ok().flatten();
+    let Some(owner) = owner else { return (0..keys.len()).collect() };
+    let query = std::panic::AssertUnwindSafe(|| {
+        crate::api::privileges::as_role(owner, || {
+            Spi::connect(|client| {
+                let args: Vec<pgrx::datum::DatumWithOid> = columns.clone().into_iter().map(Into::into).collect();
+                let rows = client.select(sql.as_str(), None, &args).unwrap_or_report();
+                rows.filter_map(|r| r.get::<i64>(1).ok().flatten()).map(|ord| ord as usize - 1).collect::<Vec<usize>>()
+            })
+        })
+    });
+    in_subtransaction(query).unwrap_or_else(|msg| {
+        log!("pg_redis: keeping {} keys of {} whose rows could not be checked: {msg}", keys.len(), mapping.display_name());
+        (0..keys.len()).collect()
     })
+}
+
+/// Runs `f` in a subtransaction; an ERROR rolls back only that and comes back as its message.
+fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    // SAFETY: the same bracket PL/pgSQL uses for EXCEPTION blocks: remember the memory context
+    // and resource owner, begin, and on both paths restore them.
+    unsafe {
+        let (mcx, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(mcx);
+        let r = PgTryBuilder::new(|| Ok(f()))
+            .catch_others(move |e| {
+                let msg = match &e {
+                    pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+                };
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(mcx);
+                pg_sys::CurrentResourceOwner = owner;
+                Err(msg)
+            })
+            .execute();
+        if r.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(mcx);
+            pg_sys::CurrentResourceOwner = owner;
+        }
+        r
+    }
 }

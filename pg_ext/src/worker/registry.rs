@@ -45,13 +45,15 @@ pub struct Slot {
     dboid: u32,
     pid: i32,
     state: u8,
+    /// Asked to stop for good (its database is being dropped or copied).
+    stop: bool,
     error_len: u16,
     error: [u8; ERROR_LEN],
 }
 
 impl Default for Slot {
     fn default() -> Self {
-        Slot { dboid: 0, pid: 0, state: 0, error_len: 0, error: [0; ERROR_LEN] }
+        Slot { dboid: 0, pid: 0, state: 0, stop: false, error_len: 0, error: [0; ERROR_LEN] }
     }
 }
 
@@ -173,6 +175,42 @@ pub fn wake(dboid: pg_sys::Oid) {
     let db = dboid.to_u32();
     let pid = REGISTRY.share().slots.iter().find(|s| s.dboid == db).map(|s| s.pid).unwrap_or(0);
     set_latch_of(pid);
+}
+
+/// Asks the worker of `dboid` to stop for good and waits (up to `timeout`) until it did.
+pub fn stop_worker(dboid: pg_sys::Oid, timeout: std::time::Duration) {
+    if !available() {
+        return;
+    }
+    let db = dboid.to_u32();
+    let pid = {
+        let mut reg = REGISTRY.exclusive();
+        match reg.slots.iter_mut().find(|s| s.dboid == db && process_alive(s.pid)) {
+            Some(s) => {
+                s.stop = true;
+                s.pid
+            }
+            None => return,
+        }
+    };
+    set_latch_of(pid);
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if info(dboid).is_none() {
+            return;
+        }
+        // SAFETY: a plain sleep of the calling backend.
+        unsafe { pg_sys::pg_usleep(10_000) };
+    }
+}
+
+/// Whether this database's worker was asked to stop for good.
+pub fn stop_requested(dboid: pg_sys::Oid) -> bool {
+    if !available() {
+        return false;
+    }
+    let db = dboid.to_u32();
+    REGISTRY.share().slots.iter().any(|s| s.dboid == db && s.stop)
 }
 
 /// Asks the launcher to start workers where missing (a database got the extension).

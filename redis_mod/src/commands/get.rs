@@ -2,7 +2,7 @@
 //! PostgreSQL on a pool thread (one query for all concurrent misses of the key), stored under a
 //! lease, and returned. A missing row answers nil and is remembered for `negative_ttl`.
 
-use super::{block_for_pool, blame_key, cached, check_key_values, encoded_reply, key_text};
+use super::{block_for_pool, blame_key, cached, check_db, check_key_values, encoded_reply, key_text};
 use crate::blocking::{Blocked, Completion};
 use crate::cache::{self, Fill, Miss};
 use crate::pool::{self, Job, Session};
@@ -10,21 +10,106 @@ use crate::reply::to_redis;
 use crate::{config, mappings, stats::STATS};
 use pg_redis_shared::{Error, TableMapping};
 use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+use std::os::raw::c_int;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+/// The entry point Redis calls. A hit on a string key is answered here with the raw API: no
+/// argument vector, no reference counting, one lookup, one copy into the reply. Everything
+/// else (hash values, misses, errors) takes [`run`].
+pub extern "C" fn command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
+    let fast = std::panic::catch_unwind(|| if argc == 2 { unsafe { serve_string_hit(ctx, *argv.add(1)) } } else { Fast::NotTried }).unwrap_or(Fast::NotTried);
+    if fast == Fast::Served {
+        return raw::REDISMODULE_OK as c_int;
+    }
+    let context = Context::new(ctx);
+    let args = redis_module::decode_args(ctx, argv, argc);
+    let result = crate::guard::command(|| run(&context, args, fast == Fast::Absent));
+    context.reply(result) as c_int
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Fast {
+    Served,
+    /// The key is mapped and does not exist: a miss.
+    Absent,
+    NotTried,
+}
+
+/// Replies with the string at `key` if the key is mapped and holds a string.
+///
+/// # Safety
+/// `ctx` and `key` come from Redis for the running command.
+unsafe fn serve_string_hit(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisModuleString) -> Fast {
+    if mappings::owns(RedisString::string_as_slice(key)) != Some(true) {
+        return Fast::NotTried;
+    }
+    // SAFETY: reading the calling client's selected database.
+    if unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx) as i64) } != Some(config::db()) {
+        return Fast::NotTried;
+    }
+    // SAFETY: the raw calls follow the module API contract: open, read, reply, close.
+    unsafe {
+        let (Some(open), Some(key_type), Some(dma), Some(reply), Some(close)) =
+            (raw::RedisModule_OpenKey, raw::RedisModule_KeyType, raw::RedisModule_StringDMA, raw::RedisModule_ReplyWithStringBuffer, raw::RedisModule_CloseKey)
+        else {
+            return Fast::NotTried;
+        };
+        let k = open(ctx, key, raw::REDISMODULE_READ as c_int) as *mut raw::RedisModuleKey;
+        if k.is_null() {
+            return Fast::Absent;
+        }
+        let kind = key_type(k);
+        let served = if kind == raw::REDISMODULE_KEYTYPE_STRING as c_int {
+            let mut len: usize = 0;
+            let p = dma(k, &mut len, raw::REDISMODULE_READ as c_int);
+            if p.is_null() {
+                Fast::NotTried
+            } else {
+                reply(ctx, p, len);
+                STATS.hits.inc();
+                Fast::Served
+            }
+        } else if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            Fast::Absent
+        } else {
+            Fast::NotTried
+        };
+        close(k);
+        served
+    }
+}
+
+/// PG.GET beyond the string-hit fast path: hash hits, misses, errors. `absent` says the fast
+/// path already found no key (no second lookup).
+pub fn run(ctx: &Context, args: Vec<RedisString>, absent: bool) -> RedisResult {
     if args.len() != 2 {
         return Err(RedisError::WrongArity);
     }
+    check_db(ctx)?;
     let key = &args[1];
-    let set = mappings::current().map_err(|e| to_redis(&e))?;
+    let set = match mappings::current() {
+        Ok(set) => set,
+        // Without mappings (PostgreSQL unreachable since start), what is cached is still served.
+        Err(e) => {
+            return match if absent { None } else { cached(ctx, key)? } {
+                Some(c) => {
+                    STATS.hits.inc();
+                    Ok(c.reply())
+                }
+                None => Err(to_redis(&e)),
+            }
+        }
+    };
     let text = key_text(key.as_slice())?;
     if set.owner_of(key.as_slice()).is_none() {
         return Err(to_redis(&Error::UnmappedKey { key: text.to_owned() }));
     }
-    if let Some(hit) = hit(ctx, key)? {
-        return Ok(hit);
+    if !absent {
+        if let Some(c) = cached(ctx, key)? {
+            STATS.hits.inc();
+            return Ok(c.reply());
+        }
     }
     STATS.misses.inc();
     if cache::negative_hit(key.as_slice()) {
@@ -37,56 +122,39 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (mapping, values) = set.resolve(text).map_err(|e| to_redis(&e))?;
     check_key_values(mapping, text, &values).map_err(|e| to_redis(&e))?;
     let mapping = Arc::new(mapping.clone());
-    let blocked = block_for_pool(ctx, "PG.GET")?;
-    match cache::begin_miss(key.as_slice()) {
-        Miss::Join => {
-            if let Err(blocked) = cache::wait_for(key.as_slice(), blocked) {
-                // The read finished in between: lead a new one.
-                let token = cache::take_lease(key.as_slice());
+    let mut blocked = block_for_pool(ctx, "PG.GET")?;
+    loop {
+        match cache::begin_miss(key.as_slice()) {
+            Miss::Join(token) => match cache::wait_for(key.as_slice(), token, blocked) {
+                Ok(()) => break,
+                // That read finished in between: try again (this time leading, most likely).
+                Err(b) => blocked = b,
+            },
+            Miss::Lead(token) => {
                 lead(blocked, mapping, key.as_slice().to_vec(), values, token);
+                break;
             }
         }
-        Miss::Lead(token) => lead(blocked, mapping, key.as_slice().to_vec(), values, token),
     }
     Ok(RedisValue::NoReply)
 }
 
-/// The hit path: answered straight from the keyspace.
-fn hit(ctx: &Context, key: &RedisString) -> Result<Option<RedisValue>, RedisError> {
-    let k = ctx.open_key(key);
-    if k.key_type() == redis_module::KeyType::String {
-        // Reply from Redis's own buffer, without an intermediate copy.
-        if let Some(bytes) = k.read()? {
-            // SAFETY: the buffer stays valid while the key is open; Redis copies it into the reply.
-            unsafe {
-                if let Some(reply) = raw::RedisModule_ReplyWithStringBuffer {
-                    reply(ctx.ctx, bytes.as_ptr().cast(), bytes.len());
-                    STATS.hits.inc();
-                    return Ok(Some(RedisValue::NoReply));
-                }
-            }
-        }
-    }
-    drop(k);
-    let v = cached(ctx, key)?;
-    if v.is_some() {
-        STATS.hits.inc();
-    }
-    Ok(v.map(|c| c.reply()))
-}
-
-/// Queries the row for `key` and answers every client waiting for it.
+/// Queries the row for `key` and answers every client waiting for it. Whatever happens (an
+/// error, a panic, the deadline), the read ends: its waiters are answered and its lease freed.
 fn lead(blocked: Blocked, mapping: Arc<TableMapping>, key: Vec<u8>, values: Vec<String>, token: u64) {
     let started = Instant::now();
+    let read = ReadGuard { key: key.clone(), token, leader: Some(blocked) };
     let job = Job {
         deadline: started + config::query_timeout(),
         work: Box::new(move |session| {
-            let result = session.and_then(|s| read_row(s, &mapping, &key, &values));
-            let mut waiters = cache::end_flight(&key);
-            waiters.push(blocked);
+            let mut read = read;
+            let result = session.and_then(|s| read_row(s, &mapping, &read.key, &values));
+            let mut waiters = cache::end_flight(&read.key, read.token);
+            waiters.extend(read.leader.take());
             match result {
                 Ok(value) => {
-                    let fill = Fill::new(key, token, value, cache::ttl_for(mapping.ttl), started, waiters.len());
+                    let fill = Fill::new(std::mem::take(&mut read.key), read.token, value, cache::ttl_for(mapping.ttl), started, waiters.len());
+                    read.token = 0;
                     for w in waiters {
                         let (f1, f2, f3) = (fill.clone(), fill.clone(), fill.clone());
                         w.finish(Completion {
@@ -97,7 +165,6 @@ fn lead(blocked: Blocked, mapping: Arc<TableMapping>, key: Vec<u8>, values: Vec<
                     }
                 }
                 Err(e) => {
-                    cache::abandon_lease(&key, token);
                     for w in waiters {
                         w.finish(Completion::error(to_redis(&e)));
                     }
@@ -111,7 +178,31 @@ fn lead(blocked: Blocked, mapping: Arc<TableMapping>, key: Vec<u8>, values: Vec<
     }
 }
 
-fn read_row(session: &mut Session, mapping: &TableMapping, key: &[u8], values: &[String]) -> Result<Option<pg_redis_shared::Encoded>, Error> {
+/// A read in progress; dropped before it handed its row over (error, panic), it ends the
+/// flight, answers its waiters with an error and frees the lease.
+struct ReadGuard {
+    key: Vec<u8>,
+    /// 0 once the row was handed to a Fill.
+    token: u64,
+    leader: Option<Blocked>,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        if self.token == 0 {
+            return;
+        }
+        let mut waiters = cache::end_flight(&self.key, self.token);
+        waiters.extend(self.leader.take());
+        for w in waiters {
+            w.finish(Completion::error(RedisError::Str("ERR redis_pg internal error while reading the row")));
+        }
+        cache::abandon_lease(&self.key, self.token);
+    }
+}
+
+/// The row of `key` encoded, with the key the row itself renders to.
+fn read_row(session: &mut Session, mapping: &TableMapping, key: &[u8], values: &[String]) -> Result<Option<(String, pg_redis_shared::Encoded)>, Error> {
     STATS.pg_queries.inc();
     let sql = pg_redis_shared::sql::row_by_key(mapping);
     let params: Vec<&(dyn postgres::types::ToSql + Sync)> = values.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
@@ -124,7 +215,7 @@ fn read_row(session: &mut Session, mapping: &TableMapping, key: &[u8], values: &
         None => Ok(None),
         Some(r) => {
             let text: &str = r.get(0);
-            mapping.encode_text(text).map(|(_, v)| Some(v))
+            mapping.encode_text(text).map(Some)
         }
     }
 }

@@ -8,6 +8,7 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() < 2 {
         return Err(RedisError::WrongArity);
     }
+    super::check_db(ctx)?;
     for k in &args[1..] {
         cache::revoke_unconditionally(k.as_slice());
     }

@@ -1,7 +1,7 @@
 //! `PG.MGET key [key ...]`: like PG.GET for many keys; the misses are read with one query per
 //! table, filled under leases, and the answer keeps the order of the keys.
 
-use super::{block_for_pool, blame_key, cached, check_key_values, encoded_reply, key_text, submit, Cached};
+use super::{block_for_pool, blame_key, cached, check_db, check_key_values, encoded_reply, key_text, submit, Cached};
 use crate::blocking::Completion;
 use crate::cache::{self, Fill};
 use crate::pool::Session;
@@ -25,7 +25,21 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() < 2 {
         return Err(RedisError::WrongArity);
     }
-    let set = mappings::current().map_err(|e| to_redis(&e))?;
+    check_db(ctx)?;
+    let set = match mappings::current() {
+        Ok(set) => set,
+        // Without mappings, answer from the cache if every key is there.
+        Err(e) => {
+            let mut answer = Vec::with_capacity(args.len() - 1);
+            for key in &args[1..] {
+                match cached(ctx, key)? {
+                    Some(c) => answer.push(c.reply()),
+                    None => return Err(to_redis(&e)),
+                }
+            }
+            return Ok(RedisValue::Array(answer));
+        }
+    };
     let read_through = config::READ_THROUGH.load(std::sync::atomic::Ordering::Relaxed);
     let mut answer: Vec<Option<Cached>> = Vec::with_capacity(args.len() - 1);
     let mut misses: HashMap<i64, (Arc<TableMapping>, Vec<Wanted>)> = HashMap::new();
@@ -64,7 +78,7 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
     }
     let started = Instant::now();
-    submit(blocked, move |session| match read_all(session, &misses) {
+    submit(blocked, move |session| match session.and_then(|s| read_all(s, &misses)) {
         Ok(found) => {
             let mut found = found;
             let mut fills: Vec<(usize, Arc<Fill>)> = Vec::new();
@@ -105,8 +119,9 @@ fn reply_of(c: &Option<Cached>) -> RedisValue {
     c.as_ref().map(Cached::reply).unwrap_or(RedisValue::Null)
 }
 
-/// One query per table: the rows of all its missed keys, by answer position.
-fn read_all(session: &mut Session, misses: &HashMap<i64, (Arc<TableMapping>, Vec<Wanted>)>) -> Result<HashMap<usize, Encoded>, Error> {
+/// One query per table: the rows of all its missed keys (with the key each row renders to), by
+/// answer position.
+fn read_all(session: &mut Session, misses: &HashMap<i64, (Arc<TableMapping>, Vec<Wanted>)>) -> Result<HashMap<usize, (String, Encoded)>, Error> {
     let mut found = HashMap::new();
     for (mapping, wanted) in misses.values() {
         let ncols = mapping.key.columns().count();
@@ -121,7 +136,7 @@ fn read_all(session: &mut Session, misses: &HashMap<i64, (Arc<TableMapping>, Vec
             let ord: i64 = r.get(0);
             let text: &str = r.get(1);
             if let Some(w) = wanted.get(ord as usize - 1) {
-                found.insert(w.pos, mapping.encode_text(text)?.1);
+                found.insert(w.pos, mapping.encode_text(text)?);
             }
         }
     }

@@ -21,7 +21,10 @@ use std::time::Instant;
 /// client cannot wait, with a clear error.
 pub fn on_pool(ctx: &Context, command: &str, work: impl FnOnce(&mut Session) -> Completion + Send + 'static) -> RedisResult {
     let blocked = block_for_pool(ctx, command)?;
-    submit(blocked, work);
+    submit(blocked, move |session| match session {
+        Ok(s) => work(s),
+        Err(e) => Completion::error(to_redis(&e)),
+    });
     Ok(RedisValue::NoReply)
 }
 
@@ -37,17 +40,12 @@ pub fn block_for_pool(ctx: &Context, command: &str) -> Result<blocking::Blocked,
     blocking::block(ctx)
 }
 
-/// Runs `work` on a pool thread; its Completion answers `blocked`.
-pub fn submit(blocked: blocking::Blocked, work: impl FnOnce(&mut Session) -> Completion + Send + 'static) {
+/// Runs `work` on a pool thread (or with the reason it cannot run: deadline passed, queue
+/// full); its Completion answers `blocked`.
+pub fn submit(blocked: blocking::Blocked, work: impl FnOnce(Result<&mut Session, Error>) -> Completion + Send + 'static) {
     let job = Job {
         deadline: Instant::now() + config::query_timeout(),
-        work: Box::new(move |session| {
-            let completion = match session {
-                Ok(s) => work(s),
-                Err(e) => Completion::error(to_redis(&e)),
-            };
-            blocked.finish(completion);
-        }),
+        work: Box::new(move |session| blocked.finish(work(session))),
     };
     if let Err((e, job)) = pool::submit(job) {
         STATS.busy.inc();
@@ -96,6 +94,18 @@ pub fn encoded_reply(value: Option<&Encoded>) -> RedisValue {
     }
 }
 
+/// PG.* commands work in the database the cache lives in (redis_pg.db): fills elsewhere would
+/// never be updated by the pushes.
+pub fn check_db(ctx: &Context) -> Result<(), RedisError> {
+    // SAFETY: reading the calling client's selected database.
+    let selected = unsafe { redis_module::raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx) as i64) }.unwrap_or(0);
+    let want = config::db();
+    if selected != want {
+        return Err(RedisError::String(format!("ERR PG.* commands serve database {want} (redis_pg.db), where pg_redis keeps its rows; this connection selected database {selected}")));
+    }
+    Ok(())
+}
+
 /// A key as text (templates are text; other bytes cannot belong to a mapping).
 pub fn key_text(key: &[u8]) -> Result<&str, RedisError> {
     std::str::from_utf8(key).map_err(|_| to_redis(&Error::UnmappedKey { key: String::from_utf8_lossy(key).into_owned() }))
@@ -104,15 +114,17 @@ pub fn key_text(key: &[u8]) -> Result<&str, RedisError> {
 /// Fails fast on key values that cannot be of the column's type (no PostgreSQL round trip).
 pub fn check_key_values(mapping: &TableMapping, key: &str, values: &[String]) -> Result<(), Error> {
     for ((col, ty), v) in mapping.key.columns().zip(&mapping.key_types).zip(values) {
-        let ok = match ty.as_str() {
-            "smallint" => v.parse::<i16>().is_ok(),
-            "integer" => v.parse::<i32>().is_ok(),
-            "bigint" => v.parse::<i64>().is_ok(),
+        // Types are stored schema-qualified (pg_catalog.int8).
+        let short = ty.strip_prefix("pg_catalog.").unwrap_or(ty);
+        let ok = match short {
+            "int2" | "smallint" => v.parse::<i16>().is_ok(),
+            "int4" | "integer" => v.parse::<i32>().is_ok(),
+            "int8" | "bigint" => v.parse::<i64>().is_ok(),
             "uuid" => v.len() == 36 && v.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
             _ => true,
         };
         if !ok {
-            return Err(Error::KeyMismatch { key: key.to_owned(), template: mapping.key.to_string(), reason: format!("\"{v}\" is not a valid {ty} for column {col}") });
+            return Err(Error::KeyMismatch { key: key.to_owned(), template: mapping.key.to_string(), reason: format!("\"{v}\" is not a valid {short} for column {col}") });
         }
     }
     Ok(())

@@ -28,6 +28,8 @@ pub fn counters() -> Vec<(&'static str, u64)> {
         ("mapping_loads", mappings::LOADS.load(Ordering::Relaxed)),
         ("fill_latency_p50_us", STATS.fill_latency.quantile_us(0.5)),
         ("fill_latency_p99_us", STATS.fill_latency.quantile_us(0.99)),
+        ("query_latency_p50_us", STATS.query_latency.quantile_us(0.5)),
+        ("query_latency_p99_us", STATS.query_latency.quantile_us(0.99)),
     ]
 }
 
@@ -41,11 +43,15 @@ pub fn run(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 #[info_command_handler]
 fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| info_section(ctx))).unwrap_or(Ok(()))
+}
+
+fn info_section(ctx: &InfoContext) -> RedisResult<()> {
     let mut section = ctx.builder().add_section("stats");
     for (k, v) in counters() {
         section = section.field(k, v)?;
     }
-    section = section.field("pg_url", config::PG_URL.redacted())?;
+    section = section.field("pg_url", config::PG_URL.redacted().replace('\0', ""))?;
     section.build_section()?.build_info()?;
     Ok(())
 }

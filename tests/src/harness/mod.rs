@@ -11,7 +11,7 @@ mod postgres;
 mod process;
 mod redis;
 
-pub use self::postgres::{PgConfig, Postgres};
+pub use self::postgres::{bindir, PgConfig, Postgres};
 pub use self::redis::{Redis, RedisConfig};
 pub use ports::free_port;
 pub use process::{install_signal_cleanup, is_our_server, run_root, stop_pid, workspace_root};
