@@ -1,7 +1,7 @@
 # pg_redis: `make demo` and `make test` set up everything they need (see README.md).
 SHELL := /bin/bash
 
-.PHONY: setup demo test stop
+.PHONY: setup demo test stop bench
 
 setup:
 	@scripts/setup.sh
@@ -14,3 +14,6 @@ test: setup
 
 stop:
 	@target/release/pg_redis_dev down demo
+
+bench: setup
+	@target/release/pg_redis_bench

@@ -11,6 +11,7 @@ rcli() { printf '\033[35mredis>\033[0m %s\n' "$*"; redis-cli -p "$REDIS_PORT" "$
 say "Starting PostgreSQL 15 (pg_redis preloaded) and redis-server (libredis_pg.so loaded)"
 eval "$(target/release/pg_redis_dev up demo)"
 psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "CREATE DATABASE demo" >/dev/null
+psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "ALTER SYSTEM SET pg_redis.url = 'redis://127.0.0.1:$REDIS_PORT/0'" -c "SELECT pg_reload_conf()" >/dev/null
 redis-cli -p "$REDIS_PORT" CONFIG SET redis_pg.pg_url "postgresql://postgres@127.0.0.1:$PGPORT/demo" >/dev/null
 
 say "PostgreSQL talks to Redis"

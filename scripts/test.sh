@@ -29,6 +29,6 @@ step "Reinstalling the release build of the extension (the test build replaced i
 cargo pgrx install --release --package pg_redis --pg-config "$PG_CONFIG" $( [ "$(id -u)" = 0 ] || echo --sudo ) >/dev/null
 
 step "End-to-end tests against real PostgreSQL and redis-server"
-cargo test --release -p pg_redis_tests -- --test-threads=2
+cargo test --release --no-fail-fast -p pg_redis_tests -- --test-threads=2
 
 printf '\n\033[1mAll test tiers passed in %ss.\033[0m\n' $((SECONDS - t_all))

@@ -80,6 +80,11 @@ pub fn resize() {
 
 /// Stops every thread (module unload). Fails if a thread is still working on a request.
 pub fn shutdown() -> Result<(), String> {
+    // A thread that just answered may still be finishing up: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (BUSY_THREADS.load(Ordering::Acquire) > 0 || queue_depth() > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     if BUSY_THREADS.load(Ordering::Acquire) > 0 || queue_depth() > 0 {
         return Err("PostgreSQL requests are still in flight".into());
     }

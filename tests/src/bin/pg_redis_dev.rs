@@ -66,6 +66,6 @@ fn down(name: &str) -> Result<(), String> {
         }
     }
     let _ = std::fs::remove_file(file);
-    println!("stopped the {name} servers");
+    eprintln!("stopped the {name} servers");
     Ok(())
 }
