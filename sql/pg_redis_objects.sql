@@ -100,6 +100,61 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT rel, 0, true WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(rel))
 $$;
 
+-- DDL on synced tables: the mapping follows or the DDL is refused. (SECURITY DEFINER: the
+-- table's owner need not be able to write pg_redis's catalog; the bodies touch nothing else.)
+--   DROP TABLE: the mapping is retired and the table's keys are deleted (in order, after what
+--   was queued). DROP COLUMN of a key column: refused (the rows would lose their keys). DROP
+--   COLUMN of a stored column: the column leaves the mapping's column list.
+CREATE FUNCTION redis._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    m record;
+    col text;
+BEGIN
+    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+        IF o.object_type = 'table' AND NOT o.is_temporary THEN
+            FOR m IN UPDATE redis.mapping SET active = false
+                      WHERE table_name::oid = o.objid AND active RETURNING id LOOP
+                INSERT INTO redis.outbox (mapping_id, op) VALUES (m.id, 't');
+                INSERT INTO redis.outbox (op, command)
+                     VALUES ('x', ARRAY['SET', 'pg_redis:mappings:' || current_database(), m.id::text]);
+            END LOOP;
+        ELSIF o.object_type = 'table column' THEN
+            col := o.address_names[3];
+            FOR m IN SELECT id, key_columns, columns FROM redis.mapping
+                      WHERE table_name::oid = o.objid AND active LOOP
+                IF col = ANY (m.key_columns) THEN
+                    RAISE EXCEPTION 'column "%" is part of the Redis key of table %', col, o.objid::regclass
+                        USING ERRCODE = 'dependent_objects_still_exist',
+                              HINT = 'call redis.unsync_table() first, or redis.sync_table() with another key';
+                END IF;
+                IF col = ANY (m.columns) THEN
+                    UPDATE redis.mapping SET columns = array_remove(columns, col) WHERE id = m.id;
+                END IF;
+            END LOOP;
+        END IF;
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER pg_redis_on_sql_drop ON sql_drop EXECUTE FUNCTION redis._on_sql_drop();
+
+-- ALTER TABLE of a synced table (a rename, a new schema): tell readers of the mappings (the
+-- Redis module) to reload them, in order with the changes.
+CREATE FUNCTION redis._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c
+                 JOIN redis.mapping m ON m.table_name::oid = c.objid AND m.active
+                WHERE c.command_tag IN ('ALTER TABLE', 'ALTER TABLE ... SET SCHEMA')) THEN
+        INSERT INTO redis.outbox (op, command)
+             VALUES ('x', ARRAY['SET', 'pg_redis:mappings:' || current_database(), 'ddl']);
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER pg_redis_on_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION redis._on_ddl_end();
+
 -- The mapping catalog is configuration: pg_dump keeps it (regclass values are dumped by name).
 SELECT pg_catalog.pg_extension_config_dump('redis.mapping', '');
 SELECT pg_catalog.pg_extension_config_dump('redis.mapping_id_seq', '');

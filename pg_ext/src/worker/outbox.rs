@@ -141,7 +141,7 @@ pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
     Spi::connect(|client| {
         let rows = client
             .select(
-                "SELECT m.id, n.nspname::text, c.relname::text, m.key_template, m.key_types, m.format, m.ttl, m.columns, m.stream_key, m.channel, m.table_name::oid \
+                "SELECT m.id, coalesce(n.nspname, m.schema_name)::text, coalesce(c.relname, m.rel_name)::text, m.key_template, m.key_types, m.format, m.ttl, m.columns, m.stream_key, m.channel, m.table_name::oid \
                  FROM redis.mapping m LEFT JOIN pg_class c ON c.oid = m.table_name LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE m.id = ANY($1)",
                 None,
@@ -150,7 +150,8 @@ pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
             .unwrap_or_report();
         let mut out = Vec::new();
         for r in rows {
-            // A dropped table has no names any more: its events cannot be applied.
+            // Current names (renamed tables); a dropped table keeps the names it had when synced
+            // (its queued changes and the purge of its keys still apply).
             let (Some(schema_name), Some(rel_name)) = (r.get::<String>(2).unwrap_or_report(), r.get::<String>(3).unwrap_or_report()) else { continue };
             let row = CatalogRow {
                 id: r.get(1).unwrap_or_report().unwrap_or_default(),

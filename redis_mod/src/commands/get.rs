@@ -209,6 +209,7 @@ fn read_row(session: &mut Session, mapping: &TableMapping, key: &[u8], values: &
     let key_str = String::from_utf8_lossy(key);
     let rows = session.query(&sql, &params).map_err(|e| {
         STATS.pg_errors.inc();
+        super::renamed_table(&e);
         blame_key(e, mapping, &key_str)
     })?;
     match rows.first() {

@@ -130,6 +130,7 @@ fn read_all(session: &mut Session, misses: &HashMap<i64, (Arc<TableMapping>, Vec
         STATS.pg_queries.inc();
         let rows = session.query(&pg_redis_shared::sql::rows_by_keys(mapping), &params).map_err(|e| {
             STATS.pg_errors.inc();
+            super::renamed_table(&e);
             blame_key(e, mapping, &String::from_utf8_lossy(&wanted[0].key))
         })?;
         for r in rows {

@@ -130,6 +130,14 @@ pub fn check_key_values(mapping: &TableMapping, key: &str, values: &[String]) ->
     Ok(())
 }
 
+/// A table the mappings name is gone under that name (renamed, or dropped): reload them, so the
+/// next read uses the current name.
+pub fn renamed_table(e: &Error) {
+    if matches!(e, Error::Remote { message, .. } if message.contains("(42P01)")) {
+        crate::mappings::request_reload();
+    }
+}
+
 /// PostgreSQL rejected a key value (a data exception): say which key.
 pub fn blame_key(e: Error, mapping: &TableMapping, key: &str) -> Error {
     match e {
