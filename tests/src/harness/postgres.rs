@@ -111,6 +111,14 @@ impl Postgres {
         self.spawn()
     }
 
+    /// Makes `role` log in over TCP with its password (scram), everyone else still trusted.
+    pub fn require_password_for(&self, role: &str) -> Result<()> {
+        let hba = self.dir.join("data/pg_hba.conf");
+        let old = fs::read_to_string(&hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
+        fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{old}")).map_err(|e| format!("pg_hba.conf: {e}"))?;
+        self.connect("postgres")?.batch_execute("SELECT pg_reload_conf()").map_err(|e| e.to_string())
+    }
+
     /// Stops, then starts again.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
