@@ -2,6 +2,7 @@
 //! starts real servers, consistency checks, and a ready-made test environment.
 
 pub mod bench;
+pub mod chaos;
 pub mod check;
 pub mod harness;
 
