@@ -1,7 +1,7 @@
 # pg_redis: `make demo` and `make test` set up everything they need (see README.md).
 SHELL := /bin/bash
 
-.PHONY: setup demo test stop bench
+.PHONY: setup demo test stop bench chaos
 
 setup:
 	@scripts/setup.sh
@@ -17,3 +17,6 @@ stop:
 
 bench: setup
 	@target/release/pg_redis_bench
+
+chaos: setup
+	@scripts/chaos.sh
