@@ -56,6 +56,17 @@ pub fn actual(redis: &mut redis::Connection, key: &str) -> Option<Encoded> {
 
 /// Every difference between the table and Redis, as readable lines (empty: consistent).
 pub fn divergence(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str) -> Vec<String> {
+    compare(pg, redis, table, false)
+}
+
+/// Like [`divergence`] for a cache clients also delete from: a row's key may be absent (a miss),
+/// and then `PG.GET` must read the row through, byte for byte. A key without its row, or a
+/// cached value that differs from the row, is still divergence.
+pub fn divergence_as_cache(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str) -> Vec<String> {
+    compare(pg, redis, table, true)
+}
+
+fn compare(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str, misses_allowed: bool) -> Vec<String> {
     let m = mapping_of(pg, table);
     let want = expected(pg, &m);
     let mut problems = Vec::new();
@@ -70,6 +81,10 @@ pub fn divergence(pg: &mut postgres::Client, redis: &mut redis::Connection, tabl
         };
         match actual(redis, key) {
             Some(got) if got == value => {}
+            None if misses_allowed => match (&value, redis::cmd("PG.GET").arg(key).query::<Option<String>>(redis)) {
+                (Encoded::Json(want), Ok(Some(got))) if got == *want => {}
+                (_, got) => problems.push(format!("{key}: absent, and PG.GET read through {got:?}, the row is {value:?}")),
+            },
             got => problems.push(format!("{key}: Redis has {got:?}, the row is {value:?}")),
         }
     }
