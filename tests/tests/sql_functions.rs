@@ -97,10 +97,21 @@ fn on_commit_runs_only_committed_commands_in_order() {
     assert_eq!(env.get("kept").as_deref(), Some("1"));
     // A command Redis refuses is parked with the reason, not retried forever.
     env.sql("SELECT redis.on_commit('INCR', 'flag')");
-    // wait_synced says the change did not make it (and warns), rather than claim success.
+    // wait_synced says the change did not make it (and warns), rather than claim success, even
+    // when the worker parked it before the call.
+    let t0 = Instant::now();
+    while one::<i64>(&mut env, "SELECT count(*) FROM redis.dead_letter") == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the refused command was never parked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!one::<bool>(&mut env, "SELECT redis.wait_synced(20000)"));
     let err: String = one(&mut env, "SELECT error FROM redis.dead_letter");
     assert!(err.contains("not an integer"), "{err}");
+    // Told once: the next call answers for what came after.
+    assert!(one::<bool>(&mut env, "SELECT redis.wait_synced(20000)"));
+    // Parked during the wait: reported too.
+    env.sql("SELECT redis.on_commit('INCR', 'flag')");
+    assert!(!one::<bool>(&mut env, "SELECT redis.wait_synced(20000)"));
     let (code, msg) = env.sql_error("SELECT redis.on_commit('SELECT', '2')");
     assert_eq!(code, "0A000");
     assert!(msg.contains("SELECT"), "{msg}");

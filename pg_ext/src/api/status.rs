@@ -31,29 +31,38 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
         );
     }
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(10_000).max(0) as u64);
-    let last = Spi::get_one::<i64>("SELECT max(id) FROM redis.outbox").ok().flatten();
-    let Some(last) = last else { return true };
+    // This session's own committed writes since its last call: if the worker parked one of them,
+    // even before this call, the session must hear of it.
+    let mine = crate::capture::wake::committed_writes();
     let first_dead = Spi::get_one::<i64>("SELECT coalesce(max(id), 0) FROM redis.dead_letter").ok().flatten().unwrap_or(0);
-    // SAFETY: reading this backend's database id.
-    registry::wake(unsafe { pg_sys::MyDatabaseId });
-    let mut pause = Duration::from_micros(500);
-    loop {
-        if !others_pending(last) {
-            // Delivered, or parked for good: say so rather than claim success.
-            let parked = Spi::get_one_with_args::<i64>("SELECT count(*) FROM redis.dead_letter WHERE id > $1 AND id <= $2", &[first_dead.into(), last.into()]).ok().flatten().unwrap_or(0);
-            if parked > 0 {
-                warning!("pg_redis: {parked} change(s) could not be applied and were moved to redis.dead_letter");
+    let last = Spi::get_one::<i64>("SELECT max(id) FROM redis.outbox").ok().flatten().unwrap_or(0);
+    if last > 0 {
+        // SAFETY: reading this backend's database id.
+        registry::wake(unsafe { pg_sys::MyDatabaseId });
+        let mut pause = Duration::from_micros(500);
+        while others_pending(last) {
+            let now = Instant::now();
+            if now >= deadline {
                 return false;
             }
-            return true;
+            sleep_interruptibly(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        sleep_interruptibly(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
+    // Delivered, or parked for good: say so rather than claim success.
+    let parked = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM redis.dead_letter WHERE (id > $1 AND id <= $2) OR tx_id = ANY ($3)",
+        &[first_dead.into(), last.into(), mine.clone().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    crate::capture::wake::forget_writes(mine.len());
+    if parked > 0 {
+        warning!("pg_redis: {parked} change(s) could not be applied and were moved to redis.dead_letter");
+        return false;
+    }
+    true
 }
 
 /// Whether the outbox holds an event up to `last` that another transaction wrote (this one's
