@@ -40,6 +40,19 @@ fn reply_error(e: &redis::RedisError) -> String {
     format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or_default())
 }
 
+/// `PG.GET users:<id>` for each id, each from its own thread and connection, all at once.
+fn gets_from_own_connections(env: &Env, ids: std::ops::RangeInclusive<u32>) -> Vec<std::thread::JoinHandle<Result<Option<String>, String>>> {
+    let url = env.servers.redis.url();
+    ids.map(|i| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut r = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+            pg_get(&mut r, &format!("users:{i}")).map_err(|e| reply_error(&e))
+        })
+    })
+    .collect()
+}
+
 #[test]
 fn miss_fills_then_hits() {
     let mut env = Env::start("rt_basic");
@@ -199,17 +212,7 @@ fn busy_when_the_queue_is_full() {
     users(&mut env, 50);
     let mut locker = env.pg_client();
     locker.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").unwrap();
-    let url = env.servers.redis.url();
-    let handles: Vec<_> = (1..=8)
-        .map(|i| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                let mut r = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
-                pg_get(&mut r, &format!("users:{i}")).map_err(|e| reply_error(&e))
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let results: Vec<_> = gets_from_own_connections(&env, 1..=8).into_iter().map(|h| h.join().unwrap()).collect();
     locker.batch_execute("ROLLBACK").unwrap();
     let busy = results.iter().filter(|r| matches!(r, Err(e) if e.starts_with("BUSY"))).count();
     assert!(busy >= 1, "{results:?}");
@@ -224,16 +227,7 @@ fn redis_stays_responsive_while_postgres_is_stuck() {
     users(&mut env, 100);
     let mut locker = env.pg_client();
     locker.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").unwrap();
-    let url = env.servers.redis.url();
-    let clients: Vec<_> = (1..=20)
-        .map(|i| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                let mut r = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
-                pg_get(&mut r, &format!("users:{i}")).map_err(|e| reply_error(&e))
-            })
-        })
-        .collect();
+    let clients = gets_from_own_connections(&env, 1..=20);
     std::thread::sleep(Duration::from_millis(200));
     let mut pings = Vec::new();
     for _ in 0..50 {
