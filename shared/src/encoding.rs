@@ -11,6 +11,28 @@
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 
+/// The session settings under which PostgreSQL's output of a row is canonical. `to_jsonb`
+/// prints some types through their output functions, which read the session: `timestamptz`
+/// and ranges the time zone and date style, `interval` the interval style, `bytea` its output
+/// format, floats the digits setting, `money` the monetary locale. Every place that turns a
+/// row into text (the capture trigger, the backfill, the module's read-through) runs under
+/// exactly these, so keys and stored bytes are a function of the row alone. The golden
+/// vectors were printed under them.
+pub const CANONICAL_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "1"),
+    ("lc_monetary", "C"),
+];
+
+/// The canonical settings as a libpq `options` value (`-c name=value ...`, spaces escaped), for
+/// connections that read rows (the module's pool).
+pub fn canonical_settings_options() -> String {
+    CANONICAL_SETTINGS.iter().map(|(k, v)| format!("-c {k}={}", v.replace('\\', "\\\\").replace(' ', "\\ "))).collect::<Vec<_>>().join(" ")
+}
+
 /// A row as `to_jsonb` gives it: column name to value, in jsonb key order.
 pub type Row = Map<String, Value>;
 
@@ -67,6 +89,14 @@ fn kind_name(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_settings_as_libpq_options() {
+        assert_eq!(
+            canonical_settings_options(),
+            r"-c TimeZone=UTC -c DateStyle=ISO,\ MDY -c IntervalStyle=postgres -c bytea_output=hex -c extra_float_digits=1 -c lc_monetary=C"
+        );
+    }
 
     #[test]
     fn compacts_and_keeps_numbers_exact() {
