@@ -9,6 +9,8 @@ pub static REDIS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static COMMAND_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// In kB (the GUC unit): row data one delivery batch or backfill chunk holds at most.
+pub static BATCH_MAX_BYTES: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 pub static STREAM_MAXLEN: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 pub static RETRY_MIN_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static RETRY_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
@@ -53,6 +55,16 @@ pub fn register() {
         100_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_redis.batch_max_bytes",
+        c"Most row data the worker holds per batch, and sync_table/resync per backfill chunk.",
+        c"A batch or chunk always takes at least one row. Bounds the memory of the worker and of the backfilling backend when rows are large.",
+        &BATCH_MAX_BYTES,
+        64,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"pg_redis.stream_maxlen",
@@ -126,4 +138,9 @@ pub fn command_timeout() -> std::time::Duration {
 /// The CA file for TLS connections, if one is set.
 pub fn tls_ca_file() -> Option<String> {
     TLS_CA_FILE.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty())
+}
+
+/// `pg_redis.batch_max_bytes` in bytes.
+pub fn batch_max_bytes() -> usize {
+    BATCH_MAX_BYTES.get().max(1) as usize * 1024
 }

@@ -132,7 +132,11 @@ fn serve(requests: mpsc::Receiver<Request>, responses: mpsc::Sender<Response>) {
         }
         .and_then(|(target, mut c)| {
             let _ = c.set_read_timeout(Some(req.target.command_timeout));
-            let r = (req.work)(&mut c).map_err(|e| from_redis(&req.target, e));
+            let r = match crate::threads::catch(|| (req.work)(&mut c)) {
+                Ok(r) => r.map_err(|e| from_redis(&req.target, e)),
+                // The connection's state is unknown after a panic: drop it.
+                Err(why) => Err(Error::Unavailable { server: "Redis", reason: why }),
+            };
             if !matches!(&r, Err(e) if breaks_connection(e)) {
                 conn = Some((target, c));
             }

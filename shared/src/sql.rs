@@ -27,7 +27,7 @@ fn keys_from_arrays(m: &TableMapping) -> String {
 /// position form one key); yields `(ord bigint, row text)` with `ord` the 1-based key position,
 /// for the keys whose row exists.
 pub fn rows_by_keys(m: &TableMapping) -> String {
-    format!("SELECT k.ord, to_jsonb(t)::text FROM {} JOIN {} t ON {}", keys_from_arrays(m), m.quoted_name(), key_match(m))
+    format!("SELECT k.ord, to_jsonb(t.*)::text FROM {} JOIN {} t ON {}", keys_from_arrays(m), m.quoted_name(), key_match(m))
 }
 
 /// Positions (1-based) of the keys whose row exists; parameters as in [`rows_by_keys`].
@@ -45,7 +45,7 @@ pub fn row_by_key(m: &TableMapping) -> String {
         .map(|(i, (c, ty))| format!("t.{} = ${}::text::{ty}", quote_ident(c), i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
-    format!("SELECT to_jsonb(t)::text FROM {} t WHERE {cond}", m.quoted_name())
+    format!("SELECT to_jsonb(t.*)::text FROM {} t WHERE {cond}", m.quoted_name())
 }
 
 #[cfg(test)]
@@ -70,10 +70,10 @@ mod tests {
 
     #[test]
     fn statements() {
-        assert_eq!(row_by_key(&m()), r#"SELECT to_jsonb(t)::text FROM "shop"."Order Items" t WHERE t."order_id" = $1::text::bigint AND t."no" = $2::text::integer"#);
+        assert_eq!(row_by_key(&m()), r#"SELECT to_jsonb(t.*)::text FROM "shop"."Order Items" t WHERE t."order_id" = $1::text::bigint AND t."no" = $2::text::integer"#);
         assert_eq!(
             rows_by_keys(&m()),
-            r#"SELECT k.ord, to_jsonb(t)::text FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(k0, k1, ord) JOIN "shop"."Order Items" t ON t."order_id" = k.k0::bigint AND t."no" = k.k1::integer"#
+            r#"SELECT k.ord, to_jsonb(t.*)::text FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(k0, k1, ord) JOIN "shop"."Order Items" t ON t."order_id" = k.k0::bigint AND t."no" = k.k1::integer"#
         );
         assert!(existing_keys(&m()).starts_with("SELECT k.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY"));
     }

@@ -35,7 +35,13 @@ pub fn mapping_of(pg: &mut postgres::Client, table: &str) -> TableMapping {
 
 /// What Redis must hold for `table`: key → encoded value, from `to_jsonb` of every row.
 pub fn expected(pg: &mut postgres::Client, m: &TableMapping) -> BTreeMap<String, Encoded> {
-    let rows = pg.query(&format!("SELECT to_jsonb(t)::text FROM {} t", m.quoted_name()), &[]).expect("reading the table");
+    // Under the canonical settings, whatever this session's own (see CANONICAL_SETTINGS).
+    let mut tx = pg.transaction().expect("BEGIN");
+    for (name, value) in pg_redis_shared::encoding::CANONICAL_SETTINGS {
+        tx.execute("SELECT set_config($1, $2, true)", &[name, value]).expect("set_config");
+    }
+    let rows = tx.query(&format!("SELECT to_jsonb(t.*)::text FROM {} t", m.quoted_name()), &[]).expect("reading the table");
+    tx.commit().expect("COMMIT");
     rows.iter().map(|r| m.encode_text(r.get::<_, &str>(0)).expect("encodable row")).collect()
 }
 

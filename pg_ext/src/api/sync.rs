@@ -5,6 +5,7 @@
 //! backfill event always comes before any later change of it in the outbox.
 
 use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, require_owner, with_catalog_search_path};
+use crate::capture::canonical::with_canonical_settings;
 use crate::capture::wake;
 use crate::errors::{raise, raise_with, OrRaise};
 use pg_redis_shared::apply::mappings_changed_key;
@@ -12,10 +13,7 @@ use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_iden
 use pg_redis_shared::{Error, Format, KeyTemplate, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
-use pgrx::PgRelation;
-
-/// Blocks scanned per backfill statement (progress is reported after each).
-const BACKFILL_BLOCKS: i64 = 4096;
+use pgrx::{PgMemoryContexts, PgRelation};
 
 struct Column {
     name: String,
@@ -431,14 +429,16 @@ fn queue_mappings_changed(database: &str, mapping_id: i64) {
     Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[cmd.into()]).unwrap_or_report();
 }
 
-/// Queues a read event for every row, in batches of blocks (per partition), reporting progress.
-/// The rows are read and turned into jsonb as the caller; only the finished values are written
-/// to the outbox as the extension's owner.
+/// Queues a read event for every row, partition by partition, in chunks bounded by rows and by
+/// bytes (`pg_redis.batch_max_bytes`), reporting progress. Rows are read through a cursor and
+/// turned into jsonb as the caller, under the canonical settings; only the finished values are
+/// written to the outbox as the extension's owner. No chunk ever holds more than the bound, so
+/// tables of large rows backfill in bounded memory and never meet the 1 GB datum limit.
 fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
     let leaves: Vec<(String, i64)> = as_extension_owner_pinned(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), greatest(c.reltuples, 0)::int8 \
                    FROM redis._partition_tree($1) p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE p.isleaf ORDER BY p.level, c.oid",
                 None,
@@ -449,54 +449,119 @@ fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
             .collect()
         })
     });
-    let total_blocks: i64 = leaves.iter().map(|l| l.1).sum::<i64>().max(1);
-    let (mut total, mut done_blocks) = (0i64, 0i64);
-    for (leaf, blocks) in &leaves {
-        let mut start = 0;
-        loop {
-            let end = start + BACKFILL_BLOCKS;
-            let last = end >= *blocks;
-            let filter = if last { format!("WHERE t.ctid >= '({start},0)'::tid") } else { format!("WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid") };
-            total += queue_range(leaf, &filter, mapping_id);
-            done_blocks += if last { blocks - start } else { BACKFILL_BLOCKS };
-            check_for_interrupts!();
-            if last {
-                break;
-            }
-            notice!("pg_redis: backfill of {}: {total} rows queued ({}%)", t.display, done_blocks * 100 / total_blocks);
-            start = end;
-        }
+    let estimate: i64 = leaves.iter().map(|l| l.1).sum::<i64>().max(1);
+    let mut progress = Progress { table: &t.display, estimate, total: 0, last_notice: std::time::Instant::now() };
+    for (leaf, _) in &leaves {
+        queue_leaf(leaf, mapping_id, &mut progress);
     }
-    notice!("pg_redis: backfill of {}: {total} rows queued for Redis", t.display);
-    total
+    notice!("pg_redis: backfill of {}: {} rows queued for Redis", t.display, progress.total);
+    progress.total
 }
 
-/// One batch of the backfill: `to_jsonb` of the rows as the caller, the outbox insert as the
-/// extension's owner (the values cross as one jsonb array).
-fn queue_range(leaf: &str, filter: &str, mapping_id: i64) -> i64 {
-    Spi::connect_mut(|client| {
-        let read = format!("SELECT array_agg(to_jsonb(t)), count(*) FROM ONLY {leaf} t {filter}");
-        let (rows, n) = with_catalog_search_path(|| {
-            let table = client.update(read.as_str(), None, &[]).unwrap_or_report();
-            let row = table.first();
-            let n = row.get::<i64>(2).ok().flatten().unwrap_or(0);
-            // SAFETY: copies the array out of the tuple table before the next statement.
-            let rows = row.get_datum_by_ordinal(1).ok().flatten().map(|d| unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) });
-            (rows, n)
-        });
-        if let (Some(rows), true) = (rows, n > 0) {
-            as_extension_owner(|| {
-                // SAFETY: `rows` is a jsonb[] datum copied into this SPI context.
-                let arg = unsafe { pgrx::datum::DatumWithOid::new(rows, pg_sys::JSONBARRAYOID) };
-                client
-                    .update(
-                        "INSERT INTO redis.outbox (mapping_id, op, new_row) SELECT $1, 'r'::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x",
-                        None,
-                        &[mapping_id.into(), arg],
-                    )
-                    .unwrap_or_report();
-            });
+struct Progress<'a> {
+    table: &'a str,
+    estimate: i64,
+    total: i64,
+    last_notice: std::time::Instant,
+}
+
+impl Progress<'_> {
+    fn add(&mut self, n: i64) {
+        self.total += n;
+        check_for_interrupts!();
+        if self.last_notice.elapsed() >= std::time::Duration::from_secs(1) {
+            self.last_notice = std::time::Instant::now();
+            let pct = (self.total * 100 / self.estimate).min(99);
+            notice!("pg_redis: backfill of {}: {} rows queued (about {pct}%)", self.table, self.total);
         }
-        n
+    }
+}
+
+/// Rows per cursor fetch of the backfill, and per outbox insert at most.
+const BACKFILL_FETCH: i64 = 1000;
+const BACKFILL_CHUNK_ROWS: usize = 50_000;
+
+/// Queues every row of one leaf table.
+fn queue_leaf(leaf: &str, mapping_id: i64, progress: &mut Progress) {
+    let budget = crate::gucs::batch_max_bytes();
+    Spi::connect_mut(|client| {
+        // The jsonb values of one chunk live in a context of their own, emptied after each insert.
+        let chunk_cx = PgMemoryContexts::new("pg_redis backfill chunk");
+        let read = format!("SELECT to_jsonb(t.*) FROM ONLY {leaf} AS t");
+        let mut cursor = with_catalog_search_path(|| client.open_cursor(read.as_str(), &[]));
+        let mut chunk: Vec<pg_sys::Datum> = Vec::new();
+        let mut bytes = 0usize;
+        // Rows per fetch: few at first, then as many as fit in what is left of the chunk.
+        let mut fetch = 8i64;
+        let (mut seen_rows, mut seen_bytes) = (0usize, 0usize);
+        loop {
+            // to_jsonb runs while fetching: as the caller, under the canonical settings.
+            let fetched = with_catalog_search_path(|| {
+                with_canonical_settings(|| {
+                    let n = cursor.fetch(fetch).unwrap_or_report().len();
+                    // SAFETY: SPI_tuptable is the table this fetch returned (nothing ran since);
+                    // each jsonb is copied (detoasted) into the chunk's context before the table
+                    // is freed.
+                    unsafe {
+                        let tt = pg_sys::SPI_tuptable;
+                        if !tt.is_null() {
+                            let old = pg_sys::MemoryContextSwitchTo(chunk_cx.value());
+                            for i in 0..(*tt).numvals as usize {
+                                let mut null = false;
+                                let d = pg_sys::SPI_getbinval(*(*tt).vals.add(i), (*tt).tupdesc, 1, &mut null);
+                                if !null {
+                                    let copy = pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr());
+                                    let size = pgrx::varlena::varsize_any(copy as *const pg_sys::varlena);
+                                    bytes += size;
+                                    seen_bytes += size;
+                                    seen_rows += 1;
+                                    chunk.push(pg_sys::Datum::from(copy));
+                                }
+                            }
+                            pg_sys::MemoryContextSwitchTo(old);
+                            pg_sys::SPI_freetuptable(tt);
+                        }
+                    }
+                    n
+                })
+            });
+            let done = fetched == 0;
+            let average = (seen_bytes / seen_rows.max(1)).max(1);
+            fetch = (budget.saturating_sub(bytes) / average).clamp(1, BACKFILL_FETCH as usize) as i64;
+            if !chunk.is_empty() && (done || bytes >= budget || chunk.len() >= BACKFILL_CHUNK_ROWS) {
+                let n = chunk.len() as i64;
+                insert_chunk(client, mapping_id, &chunk, &chunk_cx);
+                chunk.clear();
+                bytes = 0;
+                // SAFETY: nothing refers to the chunk's values any more.
+                unsafe { pg_sys::MemoryContextReset(chunk_cx.value()) };
+                progress.add(n);
+            }
+            if done {
+                break;
+            }
+        }
     })
+}
+
+/// Inserts one chunk of backfill rows as the extension's owner (the values cross as one jsonb
+/// array, built in the chunk's context).
+fn insert_chunk(client: &mut pgrx::spi::SpiClient, mapping_id: i64, chunk: &[pg_sys::Datum], chunk_cx: &PgMemoryContexts) {
+    // SAFETY: the datums are jsonb values in chunk_cx; the array is built there too and lives
+    // until the context is reset after this insert.
+    let array = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(chunk_cx.value());
+        let a = pg_sys::construct_array(chunk.as_ptr().cast_mut(), chunk.len() as i32, pg_sys::JSONBOID, -1, false, pg_sys::TYPALIGN_INT as std::ffi::c_char);
+        pg_sys::MemoryContextSwitchTo(old);
+        pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(a), pg_sys::JSONBARRAYOID)
+    };
+    as_extension_owner(|| {
+        client
+            .update(
+                "INSERT INTO redis.outbox (mapping_id, op, new_row) SELECT $1, 'r'::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x",
+                None,
+                &[mapping_id.into(), array],
+            )
+            .unwrap_or_report();
+    });
 }

@@ -1,5 +1,6 @@
 //! Capture: row changes become outbox rows in the user's own transaction, and the delivery
 //! worker is woken when that transaction commits.
 
+pub mod canonical;
 pub mod trigger;
 pub mod wake;

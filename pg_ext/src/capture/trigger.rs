@@ -2,7 +2,7 @@
 //! AFTER ROW trigger (INSERT, UPDATE, DELETE) and an AFTER STATEMENT trigger (TRUNCATE).
 //!
 //! It only appends to `redis.outbox` in the user's transaction. `to_jsonb` of the row is called
-//! directly (no SQL round trip) as the user who changed the row, so a user-defined cast a type
+//! directly (no SQL round trip) under the canonical session settings, as the user who changed the row, so a user-defined cast a type
 //! brings runs with that user's rights; only the INSERT of the finished values runs as the
 //! extension's owner (users need no right on the outbox, and cannot invent events). The key and
 //! stored value are computed later by the worker, with the mapping version the trigger names.
@@ -10,6 +10,7 @@
 //! that keeps the key of a table without stream or channel does not store the old row.
 
 use crate::api::privileges::as_extension_owner;
+use crate::capture::canonical::with_canonical_settings;
 use crate::capture::wake;
 use crate::errors::raise_with;
 use pgrx::datum::DatumWithOid;
@@ -84,7 +85,8 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
         Some(t) if !t.is_null() => unsafe { DatumWithOid::new(row_to_jsonb(t, tupdesc, rowtype), pg_sys::JSONBOID) },
         _ => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
-    let args = [mapping_id.into(), op.to_string().into(), jsonb(old), jsonb(new)];
+    let (old, new) = with_canonical_settings(|| (jsonb(old), jsonb(new)));
+    let args = [mapping_id.into(), op.to_string().into(), old, new];
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             INSERT_PLAN.with_borrow_mut(|plan| {

@@ -23,7 +23,7 @@ use pg_redis_shared::TableMapping;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReportable};
 use pgrx::prelude::*;
-use redis_sink::{Outcome, Planned};
+use redis_sink::{DeliveryConnection, Outcome, Planned};
 use registry::WorkerState;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -86,8 +86,10 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
 }
 
 /// Workers run as the bootstrap superuser: resolve every unqualified name in pg_catalog only,
-/// whatever search_path a database or role setting would give.
+/// whatever search_path a database or role setting would give; and read key text under the
+/// settings it was written with.
 fn pin_search_path() {
+    crate::capture::canonical::pin_canonical_settings();
     // SAFETY: setting a GUC on the worker's main thread, as an override.
     unsafe {
         pg_sys::SetConfigOption(c"search_path".as_ptr(), c"pg_catalog, pg_temp".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
@@ -193,7 +195,7 @@ enum Drained {
 struct Worker {
     dboid: pg_sys::Oid,
     database: String,
-    redis: Option<(redis_client::Target, redis::Connection)>,
+    redis: Option<DeliveryConnection>,
     mappings: HashMap<i64, (Arc<TableMapping>, pg_sys::Oid)>,
     backoff: Backoff,
     stuck: HashMap<Scope, Backoff>,
@@ -276,15 +278,14 @@ impl Worker {
 
     fn connection(&mut self) -> Result<&mut redis::Connection, pg_redis_shared::Error> {
         let target = redis_client::Target::from_settings();
-        if self.redis.as_ref().is_some_and(|(t, _)| *t != target) {
+        if self.redis.as_ref().is_some_and(|c| c.target != target) {
             self.redis = None;
         }
         if self.redis.is_none() {
-            let conn = redis_client::connect(&target, false)?;
-            self.redis = Some((target, conn));
+            self.redis = Some(DeliveryConnection::open(&target)?);
         }
         match self.redis.as_mut() {
-            Some((_, c)) => Ok(c),
+            Some(c) => Ok(&mut c.conn),
             None => Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "no connection".into() }),
         }
     }
@@ -308,10 +309,24 @@ impl Worker {
         let started = Instant::now();
         let mut in_flight: Option<Flight> = None;
         let mut outcome = Drained::Empty;
+        // A batch of a transaction that failed while it was in flight must be out of the way
+        // before anything else is sent, on either connection.
+        if self.pipeline.as_ref().is_some_and(|p| !p.settle_abandoned()) {
+            self.pipeline = None;
+        }
         loop {
             let taken: Vec<i64> = in_flight.as_ref().map(|f| f.events.iter().map(|e| e.id).collect()).unwrap_or_default();
-            let events = if started.elapsed() < TRANSACTION_TIME { outbox::read_batch(limit, &self.excluded(), &taken) } else { Vec::new() };
-            let full = events.len() as i64 >= limit || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
+            let mut events = if started.elapsed() < TRANSACTION_TIME { outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken) } else { Vec::new() };
+            let mut full = events.len() as i64 >= limit || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
+            // A batch ends with its first run of queued commands: should Redis refuse one of
+            // them for a while, none queued after it may run first (the rest stays locked by
+            // this transaction and is read again).
+            if let Some(end) = end_of_first_command_run(&events) {
+                if end < events.len() {
+                    events.truncate(end);
+                    full = true;
+                }
+            }
             let planned = self.plan_all(&events);
             if let Some(f) = in_flight.take() {
                 match f.wait(self) {
@@ -344,7 +359,9 @@ impl Worker {
                         outcome = Drained::Some { full };
                     }
                     Err(e) => {
-                        self.redis = None;
+                        if let Some(c) = self.redis.take() {
+                            c.abandon();
+                        }
                         return self.failed(&events, e);
                     }
                 }
@@ -401,7 +418,7 @@ impl Worker {
             (Kind::Unknown(c), _) => return Err(format!("unknown outbox op '{c}'")),
             (_, None) => return Err(format!("mapping {} of this event no longer exists", e.mapping_id.unwrap_or_default())),
         };
-        Ok(Planned { steps, mapping })
+        Ok(Planned { steps, mapping, queued: e.kind == Kind::Command })
     }
 
     /// Deletes what Redis applied, parks what can never apply, keeps a refusing table's events
@@ -423,9 +440,9 @@ impl Worker {
                     continue;
                 }
             };
-            // A table's events after its first refused one stay queued (per-key order); queued
-            // commands are independent, and one already applied must not run twice.
-            if stuck_now.contains(&scope) && scope != Scope::Commands {
+            // Events after the first refused one of their table (or of the queued commands) stay
+            // queued: per-key order, and commit order of queued commands.
+            if stuck_now.contains(&scope) {
                 continue;
             }
             match outcome {
@@ -433,6 +450,8 @@ impl Worker {
                     acked.push(e.ctid.clone());
                     *delivered.entry(scope).or_default() += 1;
                 }
+                // Discarded with its MULTI/EXEC because of another command: runs again.
+                Outcome::NotRun(_) => {}
                 Outcome::Refused(err) if scope == Scope::Commands && !transient(&err) => {
                     let why = format!("Redis refused the queued command: {err}");
                     errors.insert(scope, why.clone());
@@ -497,6 +516,12 @@ fn split(planned: Vec<Result<Planned, String>>) -> (Vec<Planned>, Vec<Result<(),
         })
         .collect();
     (runnable, status)
+}
+
+/// Where the first run of consecutive queued commands in `events` ends (an index), if any.
+fn end_of_first_command_run(events: &[Event]) -> Option<usize> {
+    let start = events.iter().position(|e| e.kind == Kind::Command)?;
+    Some(events.iter().skip(start).position(|e| e.kind != Kind::Command).map_or(events.len(), |n| start + n))
 }
 
 /// Error replies that may go away by themselves (memory freed, a replica promoted).

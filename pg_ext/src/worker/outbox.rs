@@ -42,30 +42,64 @@ impl Kind {
     }
 }
 
+/// The rows are picked, ordered and locked in the inner query, which carries large values only
+/// as TOAST pointers; they are turned into text in the outer one, row by row as the cursor
+/// fetches them (a sort over the text would detoast the whole queue for every batch).
 const BATCH_SQL: &str = "SELECT id, mapping_id, op::text, tx_id, (date_part('epoch', captured_at) * 1000)::int8, old_row::text, new_row::text, command, ctid::text \
-     FROM redis.outbox WHERE NOT (coalesce(mapping_id, 0) = ANY($2)) AND id <> ALL($3) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+     FROM (SELECT ctid, * FROM redis.outbox WHERE NOT (coalesce(mapping_id, 0) = ANY($2)) AND id <> ALL($3) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS head";
 
-/// The oldest `limit` events, skipping mapping versions in `excluded` (0 = commands) and the
-/// events in `taken` (already read by this transaction, on their way to Redis).
-pub fn read_batch(limit: i64, excluded: &[i64], taken: &[i64]) -> Vec<Event> {
+/// The oldest events, at most `limit` of them and about `max_bytes` of row data (at least one),
+/// skipping mapping versions in `excluded` (0 = commands) and the events in `taken` (already
+/// read by this transaction, on their way to Redis). A cursor locks only the rows it fetched,
+/// so what lies past the bounds stays free for the next batch.
+pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64]) -> Vec<Event> {
     Spi::connect_mut(|client| {
-        let rows = client.update(BATCH_SQL, None, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]).unwrap_or_report();
-        rows.map(|r| {
-            let op: String = r.get(3).unwrap_or_report().unwrap_or_default();
-            Event {
-                id: r.get(1).unwrap_or_report().unwrap_or_default(),
-                mapping_id: r.get(2).unwrap_or_report(),
-                kind: Kind::from_code(op.chars().next().unwrap_or('?')),
-                tx_id: r.get(4).unwrap_or_report().unwrap_or_default(),
-                captured_ms: r.get(5).unwrap_or_report().unwrap_or_default(),
-                old_row: r.get(6).unwrap_or_report(),
-                new_row: r.get(7).unwrap_or_report(),
-                command: r.get(8).unwrap_or_report(),
-                ctid: r.get(9).unwrap_or_report().unwrap_or_default(),
+        let mut cursor = client.open_cursor_mut(BATCH_SQL, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]);
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        // Start small: nothing is known yet of the rows' size.
+        let mut fetch = 16i64;
+        while (events.len() as i64) < limit && bytes < max_bytes {
+            let table = cursor.fetch(fetch.min(limit - events.len() as i64)).unwrap_or_report();
+            if table.is_empty() {
+                break;
             }
-        })
-        .collect()
+            for r in table {
+                let e = event_of(&r);
+                bytes += e.size();
+                events.push(e);
+            }
+            // SAFETY: the table of this fetch, fully read into owned events above.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+            // Large rows: fetch about as many as still fit, so one fetch never holds far more.
+            let average = bytes / events.len().max(1);
+            fetch = ((max_bytes.saturating_sub(bytes)) / average.max(1)).clamp(1, 256) as i64;
+        }
+        events
     })
+}
+
+fn event_of(r: &pgrx::spi::SpiHeapTupleData) -> Event {
+    let op: String = r.get(3).unwrap_or_report().unwrap_or_default();
+    Event {
+        id: r.get(1).unwrap_or_report().unwrap_or_default(),
+        mapping_id: r.get(2).unwrap_or_report(),
+        kind: Kind::from_code(op.chars().next().unwrap_or('?')),
+        tx_id: r.get(4).unwrap_or_report().unwrap_or_default(),
+        captured_ms: r.get(5).unwrap_or_report().unwrap_or_default(),
+        old_row: r.get(6).unwrap_or_report(),
+        new_row: r.get(7).unwrap_or_report(),
+        command: r.get(8).unwrap_or_report(),
+        ctid: r.get(9).unwrap_or_report().unwrap_or_default(),
+    }
+}
+
+impl Event {
+    /// Bytes of row data and command arguments this event holds.
+    fn size(&self) -> usize {
+        let rows = self.old_row.as_ref().map_or(0, String::len) + self.new_row.as_ref().map_or(0, String::len);
+        rows + self.command.as_ref().map_or(0, |c| c.iter().map(String::len).sum())
+    }
 }
 
 /// Deletes delivered events by their row address (a TID scan: no index lookups; with
