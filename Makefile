@@ -1,5 +1,9 @@
 # pg_redis: `make demo` and `make test` set up everything they need (see README.md).
 SHELL := /bin/bash
+# PostgreSQL the demo and the bench run against: 15 (Debian's, the default) or 18 (`PG=18 make demo`).
+# `make test` runs every PostgreSQL tier against both.
+PG ?= 15
+export PG
 
 .PHONY: setup demo test stop bench chaos
 

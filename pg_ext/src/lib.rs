@@ -11,6 +11,7 @@ mod capture;
 mod errors;
 mod gucs;
 mod hooks;
+mod pg;
 mod redis_client;
 mod threads;
 mod worker;

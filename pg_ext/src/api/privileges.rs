@@ -14,8 +14,8 @@ use pgrx::prelude::*;
 
 /// Raises insufficient_privilege unless the current user owns the table.
 pub fn require_owner(oid: pg_sys::Oid, display: &str) {
-    // SAFETY: catalog lookups on the backend's main thread.
-    let owns = unsafe { pg_sys::pg_class_ownercheck(oid, pg_sys::GetUserId()) };
+    // SAFETY: reading the current user id.
+    let owns = crate::pg::compat::owns_relation(oid, unsafe { pg_sys::GetUserId() });
     if !owns {
         raise_with(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {display} to sync it to Redis"), None);
     }

@@ -112,8 +112,8 @@ fn first_truncate_of_statement(mapping_id: i64, whole: bool) -> bool {
     thread_local! {
         static SEEN: RefCell<(u32, u32, Vec<(i64, bool)>)> = const { RefCell::new((0, 0, Vec::new())) };
     }
-    // SAFETY: reading this backend's transaction and command counters.
-    let (lxid, cid) = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentCommandId(false)) };
+    // SAFETY: reading this backend's command counter.
+    let (lxid, cid) = (crate::pg::compat::local_transaction_id(), unsafe { pg_sys::GetCurrentCommandId(false) });
     SEEN.with_borrow_mut(|(l, c, seen)| {
         if (*l, *c) != (lxid, cid) {
             *l = lxid;
@@ -223,9 +223,8 @@ fn watch(tgoid: pg_sys::Oid, mapping_id: i64) -> Rc<Watch> {
 /// value rewritten to an equal but differently stored form counts as a change, which is
 /// harmless.
 unsafe fn columns_changed(columns: Option<&[String]>, old: *mut pg_sys::HeapTupleData, new: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc) -> bool {
-    // SAFETY: tupdesc describes both tuples.
-    let natts = unsafe { (*tupdesc).natts } as usize;
-    let attrs = unsafe { (*tupdesc).attrs.as_slice(natts) };
+    // SAFETY: tupdesc describes both tuples and lives through this call.
+    let attrs = unsafe { crate::pg::compat::attributes(tupdesc) };
     for (i, att) in attrs.iter().enumerate() {
         if att.attisdropped {
             continue;

@@ -1,4 +1,4 @@
-//! Starts and stops throwaway servers for tests, benchmarks and the demo: a PostgreSQL 15
+//! Starts and stops throwaway servers for tests, benchmarks and the demo: a PostgreSQL (15 or 18)
 //! cluster with `pg_redis` preloaded and a redis-server with `libredis_pg.so` loaded, each
 //! pointed at the other, on free non-default ports under the project's run directory.
 //!
@@ -11,7 +11,7 @@ mod postgres;
 mod process;
 mod redis;
 
-pub use self::postgres::{bindir, PgConfig, Postgres};
+pub use self::postgres::{bindir, major_version, pg_config, PgConfig, Postgres};
 pub use self::redis::{Redis, RedisConfig};
 pub use ports::free_port;
 pub use process::{install_signal_cleanup, is_our_server, run_root, stop_pid, workspace_root};

