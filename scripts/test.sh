@@ -24,9 +24,9 @@ for v in ${PG_VERSIONS:-15 18}; do
   mkdir -p "$pgrx_data"
   if [ "$(id -u)" = 0 ]; then
     chown postgres: "$pgrx_data"
-    cargo pgrx test "pg$v" --package pg_redis --runas postgres --pgdata "$pgrx_data"
+    cargo pgrx test "pg$v" --release --package pg_redis --runas postgres --pgdata "$pgrx_data"
   else
-    cargo pgrx test "pg$v" --package pg_redis --pgdata "$pgrx_data"
+    cargo pgrx test "pg$v" --release --package pg_redis --pgdata "$pgrx_data"
   fi
 
   step "PostgreSQL $v: reinstalling the release build of the extension (the test build replaced it)"
