@@ -295,25 +295,27 @@ fn refused_database_statements_leave_delivery_running() {
     let mut redis = env.redis_client();
     // (a) not the owner
     env.sql("CREATE ROLE intruder LOGIN CREATEDB");
-    let e = env.pg.batch_execute("SET ROLE intruder; DROP DATABASE app").unwrap_err();
-    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "42501"), "{e}");
+    // (Each DROP DATABASE goes alone: several statements in one query are one transaction.)
+    env.sql("SET ROLE intruder");
+    let e = env.pg.batch_execute("DROP DATABASE app").unwrap_err();
+    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "42501"), "{e:?}");
     env.sql("RESET ROLE");
     still_delivering(&mut app, &mut redis, "after non-owner");
     // (b) another session is connected (the app connection)
     let e = env.pg.batch_execute("DROP DATABASE app").unwrap_err();
-    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "55006"), "{e}");
+    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "55006"), "{e:?}");
     still_delivering(&mut app, &mut redis, "after open sessions");
     // (c) inside a transaction block
     let e = env.pg.batch_execute("BEGIN; DROP DATABASE app").unwrap_err();
-    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "25001"), "{e}");
+    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "25001"), "{e:?}");
     env.sql("ROLLBACK");
     still_delivering(&mut app, &mut redis, "after a transaction block");
     // CREATE DATABASE ... TEMPLATE refused: the template is in use, then the name is taken.
     let e = env.pg.batch_execute("CREATE DATABASE copy TEMPLATE app").unwrap_err();
-    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "55006"), "{e}");
+    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "55006"), "{e:?}");
     still_delivering(&mut app, &mut redis, "after a refused copy");
     let e = env.pg.batch_execute("CREATE DATABASE postgres TEMPLATE app").unwrap_err();
-    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "42P04"), "{e}");
+    assert!(e.as_db_error().is_some_and(|d| d.code().code() == "42P04"), "{e:?}");
     still_delivering(&mut app, &mut redis, "after a taken name");
     check::wait_synced(&mut app, 10_000);
     check::assert_consistent(&mut app, &mut redis, "t");
