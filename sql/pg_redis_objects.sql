@@ -100,7 +100,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT rel, 0, true WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(rel))
 $$;
 
--- DDL on synced tables: the mapping follows or the DDL is refused. (SECURITY DEFINER: the
+-- DDL on synced tables: the mapping follows or the DDL is refused. (Partitions joining and
+-- leaving, and column renames, are followed by the extension's utility hook: it sees the
+-- statement, runs as its user and can read a partition's rows before they are dropped.) (SECURITY DEFINER: the
 -- table's owner need not be able to write pg_redis's catalog; the bodies touch nothing else.)
 --   DROP TABLE: the mapping is retired and the table's keys are deleted (in order, after what
 --   was queued). DROP COLUMN of a key column: refused (the rows would lose their keys). DROP
@@ -138,6 +140,9 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER pg_redis_on_sql_drop ON sql_drop EXECUTE FUNCTION redis._on_sql_drop();
+-- DDL applied with session_replication_role = replica (restore and migration tools) is DDL all
+-- the same: the event triggers fire in every role, like the capture triggers.
+ALTER EVENT TRIGGER pg_redis_on_sql_drop ENABLE ALWAYS;
 
 -- ALTER TABLE of a synced table (a rename, a new schema): tell readers of the mappings (the
 -- Redis module) to reload them, in order with the changes.
@@ -154,6 +159,7 @@ END
 $$;
 CREATE EVENT TRIGGER pg_redis_on_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION redis._on_ddl_end();
+ALTER EVENT TRIGGER pg_redis_on_ddl_end ENABLE ALWAYS;
 
 -- The mapping catalog is configuration: pg_dump keeps it (regclass values are dumped by name).
 SELECT pg_catalog.pg_extension_config_dump('redis.mapping', '');

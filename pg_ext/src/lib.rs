@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod capture;
+mod ddl;
 mod errors;
 mod gucs;
 mod hooks;
