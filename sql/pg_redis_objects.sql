@@ -71,6 +71,21 @@ CREATE TABLE redis.delivery (
     last_error_at     timestamptz
 );
 
+-- Who this database is, recorded by CREATE EXTENSION: a copy (CREATE DATABASE ... TEMPLATE)
+-- carries the template's row, and its worker holds delivery until redis.adopt_copy() (the
+-- copied outbox and mappings target the template's keys). Not dumped: a restored database
+-- records itself anew.
+CREATE TABLE redis.identity (
+    only_row          boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    database_oid      oid NOT NULL,
+    database_name     name NOT NULL,
+    system_identifier bigint NOT NULL,
+    recorded_at       timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO redis.identity (database_oid, database_name, system_identifier)
+SELECT d.oid, d.datname, (SELECT s.system_identifier FROM pg_catalog.pg_control_system() s)
+  FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database();
+
 -- What is synced, one row per table (the active mapping versions), under the table's current
 -- name (a renamed table keeps syncing; a dropped one disappears).
 CREATE VIEW redis.tables AS

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod capture;
+mod copies;
 mod ddl;
 mod errors;
 mod gucs;
