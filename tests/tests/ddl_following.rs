@@ -320,3 +320,22 @@ fn refused_database_statements_leave_delivery_running() {
     check::wait_synced(&mut app, 10_000);
     check::assert_consistent(&mut app, &mut redis, "t");
 }
+
+#[test]
+fn a_database_made_from_a_template_database_delivers_at_once() {
+    let mut env = Env::start("ddl_template1");
+    let mut t1 = env.servers.pg.connect("template1").unwrap();
+    t1.batch_execute("CREATE EXTENSION pg_redis").unwrap();
+    drop(t1);
+    let t0 = Instant::now();
+    while env.pg.batch_execute("CREATE DATABASE fresh").is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "template1 stayed in use");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut fresh = env.servers.pg.connect("fresh").unwrap();
+    fresh.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'fresh'); SELECT redis.sync_table('t')").unwrap();
+    check::wait_synced(&mut fresh, 20_000);
+    check::assert_consistent(&mut fresh, &mut env.redis, "t");
+    let (state, _) = status_of(&mut fresh);
+    assert_ne!(state.as_deref(), Some("paused: copied database"));
+}
