@@ -97,11 +97,24 @@ fn check() -> Identity {
             let other_cluster = sysid != Some(cluster);
             if oid == Some(me) && !other_cluster {
                 Identity::Same
+            } else if !other_cluster && oid.is_some_and(is_template_database) {
+                // Made from a database marked as a template (the extension installed in
+                // template1, say): a new database, not a copy of a synced one (template
+                // databases have no worker and write no keys).
+                record_identity();
+                Identity::Same
             } else {
                 Identity::Copied { from: name.unwrap_or_default(), from_oid: oid.map(|o| o.to_u32()).unwrap_or(0), other_cluster }
             }
         }
     }
+}
+
+fn is_template_database(oid: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE oid OPERATOR(pg_catalog.=) $1 AND datistemplate)", &[oid.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// This database's oid and the cluster's system identifier (as the signed bigint SQL shows).
