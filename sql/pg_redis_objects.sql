@@ -71,6 +71,21 @@ CREATE TABLE redis.delivery (
     last_error_at     timestamptz
 );
 
+-- Who this database is, recorded by CREATE EXTENSION: a copy (CREATE DATABASE ... TEMPLATE)
+-- carries the template's row, and its worker holds delivery until redis.adopt_copy() (the
+-- copied outbox and mappings target the template's keys). Not dumped: a restored database
+-- records itself anew.
+CREATE TABLE redis.identity (
+    only_row          boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    database_oid      oid NOT NULL,
+    database_name     name NOT NULL,
+    system_identifier bigint NOT NULL,
+    recorded_at       timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO redis.identity (database_oid, database_name, system_identifier)
+SELECT d.oid, d.datname, (SELECT s.system_identifier FROM pg_catalog.pg_control_system() s)
+  FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database();
+
 -- What is synced, one row per table (the active mapping versions), under the table's current
 -- name (a renamed table keeps syncing; a dropped one disappears).
 CREATE VIEW redis.tables AS
@@ -100,7 +115,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT rel, 0, true WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(rel))
 $$;
 
--- DDL on synced tables: the mapping follows or the DDL is refused. (SECURITY DEFINER: the
+-- DDL on synced tables: the mapping follows or the DDL is refused. (Partitions joining and
+-- leaving, and column renames, are followed by the extension's utility hook: it sees the
+-- statement, runs as its user and can read a partition's rows before they are dropped.) (SECURITY DEFINER: the
 -- table's owner need not be able to write pg_redis's catalog; the bodies touch nothing else.)
 --   DROP TABLE: the mapping is retired and the table's keys are deleted (in order, after what
 --   was queued). DROP COLUMN of a key column: refused (the rows would lose their keys). DROP
@@ -138,6 +155,9 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER pg_redis_on_sql_drop ON sql_drop EXECUTE FUNCTION redis._on_sql_drop();
+-- DDL applied with session_replication_role = replica (restore and migration tools) is DDL all
+-- the same: the event triggers fire in every role, like the capture triggers.
+ALTER EVENT TRIGGER pg_redis_on_sql_drop ENABLE ALWAYS;
 
 -- ALTER TABLE of a synced table (a rename, a new schema): tell readers of the mappings (the
 -- Redis module) to reload them, in order with the changes.
@@ -154,6 +174,7 @@ END
 $$;
 CREATE EVENT TRIGGER pg_redis_on_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION redis._on_ddl_end();
+ALTER EVENT TRIGGER pg_redis_on_ddl_end ENABLE ALWAYS;
 
 -- The mapping catalog is configuration: pg_dump keeps it (regclass values are dumped by name).
 SELECT pg_catalog.pg_extension_config_dump('redis.mapping', '');

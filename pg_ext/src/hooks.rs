@@ -1,10 +1,19 @@
-//! A utility hook for the statements a connected delivery worker would block: DROP DATABASE
-//! (and CREATE DATABASE ... TEMPLATE, which needs the template to be unused) stop the
-//! database's worker first; after a copy, the launcher starts the template's worker again.
+//! The utility hook: statements the extension must take part in.
+//!
+//! - DROP DATABASE (and CREATE DATABASE ... TEMPLATE, which needs the template unused) would
+//!   collide with the database's connected delivery worker: the worker is stopped first. The
+//!   statement may still be refused (not the owner, other sessions, a transaction block, a
+//!   taken name): whatever the outcome, the worker is allowed again and the launcher asked to
+//!   start what is missing, so a refused statement never stops delivery (after a copy the
+//!   template's worker comes back, and the copy's starts).
+//! - DDL on synced tables that event triggers cannot follow exactly (partitions leaving or
+//!   joining, column renames): see `crate::ddl`.
 
+use crate::ddl;
 use crate::worker::registry;
 use pgrx::prelude::*;
 use std::ffi::CStr;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
@@ -30,58 +39,75 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     // SAFETY: the planned statement and its utility node are valid for this call.
-    let copied_template = unsafe { before(pstmt) };
-    // SAFETY: passing our arguments on unchanged.
-    unsafe {
-        match PREVIOUS {
-            Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
-            None => pg_sys::standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc),
+    let stopped = unsafe { stop_colliding_worker(pstmt) };
+    // SAFETY: as above.
+    let followups = unsafe { ddl::before(pstmt) };
+    let run = AssertUnwindSafe(|| {
+        // SAFETY: passing our arguments on unchanged.
+        unsafe {
+            match PREVIOUS {
+                Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
+                None => pg_sys::standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc),
+            }
         }
+    });
+    if let Some(dboid) = stopped {
+        // Succeeded or refused: let the stopped worker run again (a dropped database has none to
+        // start; a copied template gets its worker back, the copy gets its own).
+        PgTryBuilder::new(run)
+            .finally(|| {
+                registry::allow_worker(dboid);
+                registry::request_probe();
+                // A new database becomes visible to the launcher only once committed.
+                crate::capture::wake::start_worker_after_commit();
+            })
+            .execute();
+    } else {
+        (run.0)();
     }
-    if copied_template {
-        registry::request_probe();
-    }
+    ddl::after(followups);
 }
 
-/// Stops the worker a statement would collide with; true when a template was copied.
-unsafe fn before(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+/// Stops the worker a database statement would collide with; the database's oid if one was
+/// asked to stop.
+unsafe fn stop_colliding_worker(pstmt: *mut pg_sys::PlannedStmt) -> Option<pg_sys::Oid> {
     // SAFETY: see the caller.
     unsafe {
         let node = (*pstmt).utilityStmt;
         if node.is_null() {
-            return false;
+            return None;
         }
         match (*node).type_ {
             pg_sys::NodeTag::T_DropdbStmt => {
                 let stmt = node as *mut pg_sys::DropdbStmt;
-                stop(CStr::from_ptr((*stmt).dbname));
-                false
+                stop(CStr::from_ptr((*stmt).dbname))
             }
             pg_sys::NodeTag::T_CreatedbStmt => {
                 let stmt = node as *mut pg_sys::CreatedbStmt;
                 let list = (*stmt).options;
-                let mut copied = false;
+                let mut stopped = None;
                 if !list.is_null() {
                     for i in 0..(*list).length as usize {
                         let def = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
                         if !def.is_null() && CStr::from_ptr((*def).defname).to_bytes() == b"template" && !(*def).arg.is_null() {
                             let name = pg_sys::defGetString(def);
-                            stop(CStr::from_ptr(name));
-                            copied = true;
+                            stopped = stop(CStr::from_ptr(name));
                         }
                     }
                 }
-                copied
+                stopped
             }
-            _ => false,
+            _ => None,
         }
     }
 }
 
-fn stop(dbname: &CStr) {
+fn stop(dbname: &CStr) -> Option<pg_sys::Oid> {
     // SAFETY: a catalog lookup by name; missing databases are left to the statement to report.
     let oid = unsafe { pg_sys::get_database_oid(dbname.as_ptr(), true) };
-    if oid != pg_sys::InvalidOid {
-        registry::stop_worker(oid, Duration::from_secs(10));
+    if oid == pg_sys::InvalidOid {
+        return None;
     }
+    registry::stop_worker(oid, Duration::from_secs(10));
+    Some(oid)
 }

@@ -8,6 +8,8 @@ use pgrx::prelude::*;
 
 mod api;
 mod capture;
+mod copies;
+mod ddl;
 mod errors;
 mod gucs;
 mod hooks;

@@ -4,7 +4,7 @@ mod direct;
 mod on_commit;
 pub(crate) mod privileges;
 mod status;
-mod sync;
+pub(crate) mod sync;
 
 use pgrx::prelude::*;
 

@@ -372,6 +372,12 @@ const TRIGGERS: [&str; 2] = ["pg_redis_capture", "pg_redis_capture_truncate"];
 /// Drops the capture triggers that exist (quietly: no NOTICE for missing ones), also the
 /// TRUNCATE triggers of partitions.
 fn drop_triggers(t: &Table) {
+    drop_triggers_in_tree(t.oid);
+}
+
+/// Drops the capture triggers of `rel` and of its partitions that are not clones (a detached
+/// partition keeps its own TRUNCATE triggers; PostgreSQL removes the cloned row triggers).
+pub(crate) fn drop_triggers_in_tree(rel: pg_sys::Oid) {
     let triggers: Vec<(String, String)> = Spi::connect(|c| {
         c.select(
             "SELECT t.tgname::text, quote_ident(n.nspname) || '.' || quote_ident(r.relname) \
@@ -379,7 +385,7 @@ fn drop_triggers(t: &Table) {
                JOIN pg_class r ON r.oid = p.relid JOIN pg_namespace n ON n.oid = r.relnamespace \
               WHERE t.tgname = ANY ($2)",
             None,
-            &[t.oid.into(), TRIGGERS.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
+            &[rel.into(), TRIGGERS.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
         )
         .unwrap_or_report()
         .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??)))
@@ -390,26 +396,136 @@ fn drop_triggers(t: &Table) {
     }
 }
 
-/// Row triggers (cloned to every partition by PostgreSQL) and TRUNCATE triggers, on the table
-/// and on each of its partitions (statement triggers are not cloned; a partition's TRUNCATE
-/// sweeps only the keys whose rows went). Partitions added later need another sync_table.
+/// Row triggers (cloned to every partition by PostgreSQL, present and future) and TRUNCATE
+/// triggers, on the table and on each of its partitions (statement triggers are not cloned; a
+/// partition's TRUNCATE sweeps only the keys whose rows went; partitions created or attached
+/// later get theirs from the DDL hook). Every capture trigger fires in every replication role
+/// (ENABLE ALWAYS): a change applied by a logical-replication subscriber, or by a restore tool
+/// running with `session_replication_role = replica`, is a change of the table like any other.
+/// PostgreSQL 15 clones a row trigger with its firing state, also onto partitions made later.
 fn install_triggers(t: &Table, mapping_id: i64) {
     drop_triggers(t);
+    Spi::run(&format!("CREATE TRIGGER pg_redis_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION redis.capture('{mapping_id}')", t.quoted)).unwrap_or_report();
+    install_truncate_triggers(t.oid, mapping_id);
+}
+
+/// TRUNCATE triggers on `rel` and each of its partitions; then every capture trigger of the
+/// tree fires in every replication role.
+pub(crate) fn install_truncate_triggers(rel: pg_sys::Oid, mapping_id: i64) {
     let rels: Vec<String> = Spi::connect(|c| {
         c.select(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(r.relname) FROM redis._partition_tree($1) p \
                JOIN pg_class r ON r.oid = p.relid JOIN pg_namespace n ON n.oid = r.relnamespace ORDER BY p.level",
             None,
-            &[t.oid.into()],
+            &[rel.into()],
         )
         .unwrap_or_report()
         .filter_map(|r| r.get::<String>(1).ok().flatten())
         .collect()
     });
-    Spi::run(&format!("CREATE TRIGGER pg_redis_capture AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION redis.capture('{mapping_id}')", t.quoted)).unwrap_or_report();
     for rel in rels {
         Spi::run(&format!("CREATE TRIGGER pg_redis_capture_truncate AFTER TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION redis.capture('{mapping_id}')")).unwrap_or_report();
     }
+    enable_always(rel);
+}
+
+/// Makes the capture triggers of `rel` and its partitions (clones included) fire in every
+/// replication role: what ALTER TABLE ... ENABLE ALWAYS TRIGGER does, called directly because
+/// sync_table holds the table open, which ALTER TABLE refuses ("being used by active queries").
+fn enable_always(rel: pg_sys::Oid) {
+    let triggers: Vec<(pg_sys::Oid, String)> = Spi::connect(|c| {
+        c.select(
+            "SELECT t.tgrelid, t.tgname::text FROM redis._partition_tree($1) p JOIN pg_trigger t ON t.tgrelid = p.relid \
+              WHERE t.tgname = ANY ($2) AND t.tgenabled <> 'A'",
+            None,
+            &[rel.into(), TRIGGERS.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
+        )
+        .unwrap_or_report()
+        .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
+        .collect()
+    });
+    for (relid, name) in triggers {
+        let Ok(name) = std::ffi::CString::new(name) else { continue };
+        // SAFETY: the relation exists (its trigger was just listed) and is opened with the lock
+        // ALTER TABLE ... ENABLE TRIGGER takes; the trigger is looked up by its exact name.
+        unsafe {
+            let r = pg_sys::relation_open(relid, pg_sys::ShareRowExclusiveLock as i32);
+            pg_sys::EnableDisableTrigger(r, name.as_ptr(), pg_sys::TRIGGER_FIRES_ALWAYS as std::ffi::c_char, false, pg_sys::ShareRowExclusiveLock as i32);
+            pg_sys::relation_close(r, pg_sys::NoLock as i32);
+            // Makes the new state visible: the call may have carried it to the partitions'
+            // clones already (minor versions differ), which are then left as they are.
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
+
+/// A column of a synced table was renamed.
+/// - When the active mapping names it (a key column, or one of `columns`), a new mapping
+///   version names the new column instead (the key template too: `users:{id}` becomes
+///   `users:{uid}` and renders the same keys), the capture triggers move to the new version,
+///   and readers of the mappings (the module) are told, in order.
+/// - When the column is part of the stored value (every column is, without `columns`), every
+///   row is queued again: stored values carry field names as `to_jsonb` reports them, so the
+///   values pushed before the rename would otherwise keep the old name.
+///
+/// Events captured before the rename keep naming the older version, whose column names are
+/// those of their rows, so they still apply, in order, before the rows queued here.
+pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
+    let followed = as_extension_owner_pinned(|| {
+        let row = Spi::connect(|c| {
+            c.select("SELECT id, key_template, key_columns, columns FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", None, &[table.into()])
+                .unwrap_or_report()
+                .next()
+                .map(|r| {
+                    (
+                        r.get::<i64>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                        r.get::<Vec<String>>(3).ok().flatten().unwrap_or_default(),
+                        r.get::<Vec<String>>(4).ok().flatten(),
+                    )
+                })
+        });
+        let (old_id, template, key_columns, columns) = row?;
+        let listed = columns.as_ref().is_some_and(|cols| cols.iter().any(|c| c == old));
+        let stored = columns.is_none() || listed;
+        let names = Spi::get_two_with_args::<String, String>(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[table.into()],
+        )
+        .unwrap_or_report();
+        let (Some(schema), Some(name)) = names else { return None };
+        let display = if schema == "public" { name.clone() } else { format!("{schema}.{name}") };
+        let quoted = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        let t = Table { oid: table, schema, name, display, quoted };
+        if !key_columns.iter().any(|c| c == old) && !listed {
+            return Some((t, old_id, stored));
+        }
+        let renamed = crate::ddl::renames::rename_in_template(&template, old, new);
+        if let Err(e) = KeyTemplate::parse(&renamed) {
+            raise_with(
+                PgSqlErrorCode::ERRCODE_INVALID_NAME,
+                format!("column \"{old}\" is part of the Redis key, and the key template would not work with the name \"{new}\": {e}"),
+                Some("choose a column name without '{' or '}'"),
+            );
+        }
+        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[old_id.into()]).unwrap_or_report();
+        let new_id = Spi::get_one_with_args::<i64>(
+            "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel) \
+             SELECT table_name, schema_name, rel_name, $2, array_replace(key_columns, $3, $4), key_types, format, ttl, array_replace(columns, $3, $4), stream_key, channel \
+               FROM redis.mapping WHERE id = $1 RETURNING id",
+            &[old_id.into(), renamed.into(), old.into(), new.into()],
+        )
+        .unwrap_or_report()
+        .unwrap_or_default();
+        install_triggers(&t, new_id);
+        queue_mappings_changed(&current_database(), new_id);
+        Some((t, new_id, stored))
+    });
+    if let Some((t, id, true)) = followed {
+        // Read as the user renaming the column (the table's owner), like a backfill.
+        queue_rows(&t, id);
+    }
+    wake::after_commit();
 }
 
 fn active_mapping_id(t: &Table) -> i64 {

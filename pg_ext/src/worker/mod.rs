@@ -164,6 +164,14 @@ pub extern "C-unwind" fn pg_redis_worker_main(arg: pg_sys::Datum) {
     if !registry::claim(dboid) {
         return;
     }
+    match crate::copies::hold_while_copied(dboid) {
+        crate::copies::Hold::Deliver => {}
+        hold => {
+            registry::release(dboid);
+            // SAFETY: leaving the process the documented way (1: started again).
+            unsafe { pg_sys::proc_exit((hold == crate::copies::Hold::Restart) as i32) };
+        }
+    }
     log!("pg_redis: delivering changes of database {database} to {}", pg_redis_shared::redact::redact_url(&gucs::redis_url()));
     let mut w = Worker::new(dboid, database);
     let exit = w.run();

@@ -16,6 +16,9 @@ pub enum WorkerState {
     Delivering = 3,
     /// Redis is failing; the worker waits before retrying.
     Backoff = 4,
+    /// The database is a copy of the one whose keys its outbox targets: nothing is delivered
+    /// until an administrator adopts it (`redis.adopt_copy()`).
+    Paused = 5,
 }
 
 impl WorkerState {
@@ -25,6 +28,7 @@ impl WorkerState {
             2 => WorkerState::Idle,
             3 => WorkerState::Delivering,
             4 => WorkerState::Backoff,
+            5 => WorkerState::Paused,
             _ => WorkerState::Free,
         }
     }
@@ -36,6 +40,7 @@ impl WorkerState {
             WorkerState::Idle => "idle",
             WorkerState::Delivering => "delivering",
             WorkerState::Backoff => "waiting to retry",
+            WorkerState::Paused => "paused: copied database",
         }
     }
 }
@@ -201,6 +206,19 @@ pub fn stop_worker(dboid: pg_sys::Oid, timeout: std::time::Duration) {
         }
         // SAFETY: a plain sleep of the calling backend.
         unsafe { pg_sys::pg_usleep(10_000) };
+    }
+}
+
+/// Withdraws a request to stop the worker of `dboid` (the statement that asked was refused):
+/// a worker that has not stopped yet carries on.
+pub fn allow_worker(dboid: pg_sys::Oid) {
+    if !available() {
+        return;
+    }
+    let db = dboid.to_u32();
+    let mut reg = REGISTRY.exclusive();
+    for s in reg.slots.iter_mut().filter(|s| s.dboid == db) {
+        s.stop = false;
     }
 }
 

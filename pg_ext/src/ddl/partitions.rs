@@ -1,0 +1,183 @@
+//! Partitions joining and leaving a synced table. After each statement the keys in Redis are
+//! again exactly the rows of the synced table.
+//!
+//! - Created (PARTITION OF) or attached: PostgreSQL clones the row capture trigger (with its
+//!   ENABLE ALWAYS); TRUNCATE triggers are statement triggers, never cloned, so they are
+//!   installed here, on the partition and on its own partitions. An attached table may already
+//!   hold rows: each is queued as a read ('r'), as the backfill of sync_table would.
+//! - Detached or dropped: a delete ('d') is queued for each of its rows, as the rows it held
+//!   leave the synced table. That is exact (the rows are read under a lock that keeps writers
+//!   out, in the DDL's transaction) and costs as much as the partition. The other choice, a
+//!   sweep ('S') of the table's keys, costs as much as the whole table at delivery time: a
+//!   partition dropped from a large time-partitioned table would scan every key of every other
+//!   partition. A dropped partition's rows must be read before the DROP (at sql_drop they are
+//!   gone); a detached one's after the DETACH (the table still holds them).
+//!
+//! Nested partitions: whatever level is added or removed, its leaves are read, and the mapping
+//! is the one of its nearest synced ancestor.
+
+use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, with_catalog_search_path};
+use crate::api::sync::{drop_triggers_in_tree, install_truncate_triggers};
+use crate::capture::wake;
+use crate::ddl::RelName;
+use pgrx::pg_sys::panic::ErrorReportable;
+use pgrx::prelude::*;
+
+/// Blocks read per batch of a partition's rows.
+const CHUNK_BLOCKS: i64 = 4096;
+
+/// The active mapping of the nearest synced ancestor of `rel` (`rel` itself counted when
+/// `include_self`).
+fn synced_ancestor_mapping(rel: pg_sys::Oid, include_self: bool) -> Option<i64> {
+    as_extension_owner_pinned(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT m.id FROM pg_partition_ancestors($1) WITH ORDINALITY AS a(relid, n) \
+                   JOIN redis.mapping m ON m.table_name::oid = a.relid::oid AND m.active \
+                  WHERE $2 OR a.relid::oid <> $1 ORDER BY a.n LIMIT 1",
+                None,
+                &[rel.into(), include_self.into()],
+            )
+            .unwrap_or_report()
+            .next()
+            .and_then(|r| r.get::<i64>(1).ok().flatten())
+        })
+    })
+}
+
+fn is_partition(rel: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup.
+    unsafe { pg_sys::get_rel_relispartition(rel) }
+}
+
+/// Before DROP TABLE: for every named partition of a synced table (whose synced ancestor is
+/// not dropped by the same statement), deletes of its rows are queued. Locks the parent, then
+/// the partition, as DROP itself does (same order: no deadlock), so no writer slips in between
+/// the read and the drop. If the DROP fails, its transaction takes the events with it.
+pub fn before_drop(names: &[RelName]) {
+    let oids: Vec<pg_sys::Oid> = names.iter().filter_map(RelName::resolve).collect();
+    for &rel in &oids {
+        // Someone else's table: the DROP will be refused; take no lock and read nothing for it.
+        // SAFETY: a syscache lookup.
+        if !is_partition(rel) || !unsafe { pg_sys::pg_class_ownercheck(rel, pg_sys::GetUserId()) } {
+            continue;
+        }
+        let Some(mapping_id) = synced_ancestor_mapping(rel, false) else { continue };
+        // A dropped ancestor takes this partition with it: its own handling covers the rows.
+        let ancestors: Vec<pg_sys::Oid> = with_catalog_search_path(|| {
+            Spi::connect(|c| {
+                c.select("SELECT relid::oid FROM pg_partition_ancestors($1) WHERE relid::oid <> $1", None, &[rel.into()])
+                    .unwrap_or_report()
+                    .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
+                    .collect()
+            })
+        });
+        if ancestors.iter().any(|a| oids.contains(a)) {
+            continue;
+        }
+        if let Some(parent) = ancestors.first() {
+            // SAFETY: taking locks the DROP is about to take anyway, in the same order.
+            unsafe {
+                pg_sys::LockRelationOid(*parent, pg_sys::AccessExclusiveLock as i32);
+                pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as i32);
+            }
+        }
+        queue_tree(rel, mapping_id, 'd');
+    }
+}
+
+/// After CREATE TABLE ... PARTITION OF or ATTACH PARTITION.
+pub fn after_add(partition: &RelName, backfill: bool) {
+    let Some(rel) = partition.resolve() else { return };
+    if !is_partition(rel) {
+        return;
+    }
+    let Some(mapping_id) = synced_ancestor_mapping(rel, false) else { return };
+    as_extension_owner_pinned(|| {
+        // A table attached again may still carry TRUNCATE triggers of an older mapping.
+        drop_triggers_in_tree(rel);
+        install_truncate_triggers(rel, mapping_id);
+    });
+    if backfill {
+        queue_tree(rel, mapping_id, 'r');
+    }
+    wake::after_commit();
+}
+
+/// After DETACH PARTITION (also its CONCURRENTLY and FINALIZE forms): the table still holds
+/// the rows that left the synced table.
+pub fn after_detach(parent: &RelName, partition: &RelName, concurrent: bool) {
+    let (Some(parent), Some(rel)) = (parent.resolve(), partition.resolve()) else { return };
+    let Some(mapping_id) = synced_ancestor_mapping(parent, true) else { return };
+    if concurrent {
+        // The detach took no lock that keeps writers out: wait for those that wrote through
+        // the row trigger before PostgreSQL removed it, so their rows are seen below.
+        // SAFETY: a lock in the statement's transaction.
+        unsafe { pg_sys::LockRelationOid(rel, pg_sys::ShareLock as i32) };
+    }
+    queue_tree(rel, mapping_id, 'd');
+    as_extension_owner_pinned(|| drop_triggers_in_tree(rel));
+    wake::after_commit();
+}
+
+/// Queues `op` ('r': new_row, 'd': old_row) for every row of the leaves of `rel`. Rows are
+/// read and turned into jsonb as the user running the DDL (who owns the table); only the
+/// finished values are written to the outbox, as the extension's owner.
+fn queue_tree(rel: pg_sys::Oid, mapping_id: i64, op: char) -> i64 {
+    let leaves: Vec<(String, i64)> = as_extension_owner_pinned(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                   FROM redis._partition_tree($1) p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE p.isleaf AND c.relkind = 'r' ORDER BY p.level, c.oid",
+                None,
+                &[rel.into()],
+            )
+            .unwrap_or_report()
+            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??)))
+            .collect()
+        })
+    });
+    let mut total = 0;
+    for (leaf, blocks) in leaves {
+        let mut start = 0;
+        loop {
+            let end = start + CHUNK_BLOCKS;
+            let last = end >= blocks;
+            let filter = if last { format!("WHERE t.ctid >= '({start},0)'::tid") } else { format!("WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid") };
+            total += queue_chunk(&leaf, &filter, mapping_id, op);
+            check_for_interrupts!();
+            if last {
+                break;
+            }
+            start = end;
+        }
+    }
+    total
+}
+
+fn queue_chunk(leaf: &str, filter: &str, mapping_id: i64, op: char) -> i64 {
+    let column = if op == 'd' { "old_row" } else { "new_row" };
+    Spi::connect_mut(|client| {
+        let read = format!("SELECT array_agg(to_jsonb(t)), count(*) FROM ONLY {leaf} t {filter}");
+        let (rows, n) = with_catalog_search_path(|| {
+            let table = client.update(read.as_str(), None, &[]).unwrap_or_report();
+            let row = table.first();
+            let n = row.get::<i64>(2).ok().flatten().unwrap_or(0);
+            // SAFETY: copies the array out of the tuple table before the next statement.
+            let rows = row.get_datum_by_ordinal(1).ok().flatten().map(|d| unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) });
+            (rows, n)
+        });
+        if let (Some(rows), true) = (rows, n > 0) {
+            as_extension_owner(|| {
+                // SAFETY: `rows` is a jsonb[] datum copied into this SPI context.
+                let arg = unsafe { pgrx::datum::DatumWithOid::new(rows, pg_sys::JSONBARRAYOID) };
+                let insert = format!(
+                    "INSERT INTO redis.outbox (mapping_id, op, {column}) SELECT $1, $3::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x"
+                );
+                client.update(insert.as_str(), None, &[mapping_id.into(), arg, op.to_string().into()]).unwrap_or_report();
+            });
+        }
+        n
+    })
+}
