@@ -450,7 +450,7 @@ fn enable_always(rel: pg_sys::Oid) {
         // ALTER TABLE ... ENABLE TRIGGER takes; the trigger is looked up by its exact name.
         unsafe {
             let r = pg_sys::relation_open(relid, pg_sys::ShareRowExclusiveLock as i32);
-            pg_sys::EnableDisableTrigger(r, name.as_ptr(), pg_sys::TRIGGER_FIRES_ALWAYS as std::ffi::c_char, false, pg_sys::ShareRowExclusiveLock as i32);
+            crate::pg::compat::enable_trigger_always(r, &name, pg_sys::ShareRowExclusiveLock as i32);
             pg_sys::relation_close(r, pg_sys::NoLock as i32);
             // Makes the new state visible: the call may have carried it to the partitions'
             // clones already (minor versions differ), which are then left as they are.

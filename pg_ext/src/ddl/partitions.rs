@@ -58,8 +58,8 @@ pub fn before_drop(names: &[RelName]) {
     let oids: Vec<pg_sys::Oid> = names.iter().filter_map(RelName::resolve).collect();
     for &rel in &oids {
         // Someone else's table: the DROP will be refused; take no lock and read nothing for it.
-        // SAFETY: a syscache lookup.
-        if !is_partition(rel) || !unsafe { pg_sys::pg_class_ownercheck(rel, pg_sys::GetUserId()) } {
+        // SAFETY: reading the current user id.
+        if !is_partition(rel) || !crate::pg::compat::owns_relation(rel, unsafe { pg_sys::GetUserId() }) {
             continue;
         }
         let Some(mapping_id) = synced_ancestor_mapping(rel, false) else { continue };

@@ -1,6 +1,7 @@
 //! Version differences: object ownership checks (one function per catalog until 15, one for
 //! all catalogs since 16), the local transaction id (inside the virtual transaction id since
-//! 17), and where a tuple descriptor keeps its attributes (after the compact ones since 18).
+//! 17), where a tuple descriptor keeps its attributes (after the compact ones since 18), and
+//! the arguments of enabling a trigger (a parent and recursion since 16).
 
 use pgrx::pg_sys;
 
@@ -45,5 +46,24 @@ pub unsafe fn attributes<'a>(tupdesc: pg_sys::TupleDesc) -> &'a [pg_sys::FormDat
         #[cfg(feature = "pg18")]
         let first = (*tupdesc).compact_attrs.as_ptr().add(natts).cast::<pg_sys::FormData_pg_attribute>();
         std::slice::from_raw_parts(first, natts)
+    }
+}
+
+/// Makes the trigger `name` of the open relation `rel` fire in every replication role
+/// (`ENABLE ALWAYS`), on that relation only.
+///
+/// # Safety
+/// `rel` is open with at least `lockmode`; `name` names one of its triggers.
+pub unsafe fn enable_trigger_always(rel: pg_sys::Relation, name: &std::ffi::CStr, lockmode: i32) {
+    let always = pg_sys::TRIGGER_FIRES_ALWAYS as std::ffi::c_char;
+    #[cfg(feature = "pg15")]
+    // SAFETY: see the function's contract.
+    unsafe {
+        pg_sys::EnableDisableTrigger(rel, name.as_ptr(), always, false, lockmode)
+    }
+    #[cfg(not(feature = "pg15"))]
+    // SAFETY: see the function's contract; no parent trigger, no recursion.
+    unsafe {
+        pg_sys::EnableDisableTrigger(rel, name.as_ptr(), pg_sys::InvalidOid, always, false, false, lockmode)
     }
 }
