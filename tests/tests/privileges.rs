@@ -262,9 +262,10 @@ fn wait_synced_never_reports_success_when_it_cannot_read_the_queue() {
     let mut nobody = connect(&env, "nobody");
     let (code, _, _) = error_of(&mut nobody, "SELECT redis.wait_synced(100)");
     assert_eq!(code, "42501");
-    // The queue no longer reads as pg_redis expects (its id is not a bigint): the change is
-    // pending, and wait_synced must not take the failed read for an empty queue.
-    env.sql("ALTER TABLE redis.outbox ALTER COLUMN id TYPE integer");
+    // The queue no longer reads as pg_redis expects (its id is not an integer, so reading it
+    // fails as a value error rather than an SQL ERROR): the change is pending, and wait_synced
+    // must not take the failed read for an empty queue.
+    env.sql("ALTER TABLE redis.outbox RENAME COLUMN id TO seq; ALTER TABLE redis.outbox ADD COLUMN id numeric DEFAULT 1");
     match env.pg.query_one("SELECT redis.wait_synced(300)", &[]) {
         Ok(row) => assert!(!row.get::<_, bool>(0), "wait_synced said true while a change is queued and Redis is down"),
         Err(e) => {
