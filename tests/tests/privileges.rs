@@ -274,3 +274,51 @@ fn wait_synced_never_reports_success_when_it_cannot_read_the_queue() {
         }
     }
 }
+
+/// The README's `ACL SETUSER` lines, as Redis command arguments, in order.
+fn readme_acl_users() -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(pg_redis_tests::harness::workspace_root().join("README.md")).expect("README.md");
+    let at = readme.find("**With a Redis ACL user.**").expect("README has the Redis ACL recipe");
+    readme[at..].lines().take_while(|l| !l.starts_with('#')).filter(|l| l.starts_with("ACL SETUSER")).map(|l| l.split_whitespace().map(str::to_owned).collect()).collect()
+}
+
+#[test]
+fn the_documented_redis_acl_users_work() {
+    let mut env = Env::start("priv_acl_recipe");
+    let users = readme_acl_users();
+    assert_eq!(users.len(), 2, "{users:?}");
+    for args in &users {
+        let _: () = redis::cmd(&args[0]).arg(&args[1..]).query(&mut env.redis).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    // The worker's user delivers row changes, queued commands, purges and resyncs.
+    let port = env.servers.redis.port;
+    env.sql(&format!("ALTER SYSTEM SET pg_redis.url = 'redis://pg_redis:worker-pw@127.0.0.1:{port}/0'"));
+    env.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(300));
+    env.sql(
+        "CREATE TABLE users (id int PRIMARY KEY, name text); INSERT INTO users VALUES (1, 'ann'), (2, 'bob');
+         SELECT redis.sync_table('users', channel => 'users-changes');
+         CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (1); SELECT redis.sync_table('gone');",
+    );
+    env.wait_synced();
+    env.sql("UPDATE users SET name = 'ann2' WHERE id = 1; DELETE FROM users WHERE id = 2; SELECT redis.on_commit('SET', 'report:today', 'stale')");
+    env.wait_synced();
+    env.sql("SELECT redis.resync('users'); SELECT redis.unsync_table('gone', purge => true)");
+    env.wait_synced();
+    assert_eq!(env.get("users:1").as_deref(), Some(r#"{"id":1,"name":"ann2"}"#));
+    assert_eq!(env.get("users:2"), None);
+    assert_eq!(env.get("gone:1"), None);
+    assert_eq!(env.get("report:today").as_deref(), Some("stale"));
+    let errors: i64 = env.pg.query_one("SELECT count(*) FROM redis.status WHERE last_error IS NOT NULL", &[]).unwrap().get(0);
+    assert_eq!(errors, 0);
+    // An application role's SQL sessions use the narrower user: its own keys only.
+    let recipe = readme_recipe("**With a Redis ACL user.**", "ALTER ROLE app SET pg_redis.url").replace("redis.internal:6379", &format!("127.0.0.1:{port}"));
+    env.sql(&format!("CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA redis TO app; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA redis TO app; {recipe}"));
+    let mut app = connect(&env, "app");
+    ok(&mut app, "SELECT redis.set('session:1', 'x'), redis.publish('news', 'hello')");
+    let row: Option<String> = app.query_one("SELECT redis.get('users:1')", &[]).unwrap().get(0);
+    assert_eq!(row.as_deref(), Some(r#"{"id":1,"name":"ann2"}"#));
+    let (code, msg, _) = error_of(&mut app, "SELECT redis.set('elsewhere', 'x')");
+    assert_eq!(code, "38000");
+    assert!(msg.to_lowercase().contains("noperm"), "{msg}");
+}
