@@ -413,21 +413,21 @@ pub fn check_command<'a, S: AsRef<str>>(table: &CommandTable, args: &'a [S], pol
             return Ok(every_argument());
         }
     };
-    let shown = spec.name.to_ascii_uppercase().replace('|', " ");
+    let shown = || spec.name.to_ascii_uppercase().replace('|', " ");
     let is_allowed = allowed.allows(&spec.name);
-    let dangerous = spec.dangerous_categories();
     if !is_allowed {
+        let dangerous = spec.dangerous_categories();
         if !dangerous.is_empty() || spec.has_flag("admin") {
             let categories = if dangerous.is_empty() { "admin".to_owned() } else { dangerous.join(", ") };
-            return Err(Refusal::Dangerous { command: shown, categories });
+            return Err(Refusal::Dangerous { command: shown(), categories });
         }
         if SESSION_COMMANDS.contains(&spec.name.as_str()) {
-            return Err(Refusal::SessionState { command: shown });
+            return Err(Refusal::SessionState { command: shown() });
         }
     }
     let publishes = matches!(spec.name.as_str(), "publish" | "spublish");
     if policy == Policy::ReadOnly && !is_allowed && (spec.has_flag("write") || publishes) {
-        return Err(Refusal::ReadOnly { command: shown });
+        return Err(Refusal::ReadOnly { command: shown() });
     }
     let mut targets = Targets::default();
     if publishes {
