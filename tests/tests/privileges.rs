@@ -292,8 +292,10 @@ fn the_documented_redis_acl_users_work() {
     }
     // The worker's user delivers row changes, queued commands, purges and resyncs.
     let port = env.servers.redis.port;
-    env.sql(&format!("ALTER SYSTEM SET pg_redis.url = 'redis://pg_redis:worker-pw@127.0.0.1:{port}/0'"));
-    env.sql("SELECT pg_reload_conf()");
+    let worker_recipe = readme_recipe("**With a Redis ACL user.**", "ALTER SYSTEM SET pg_redis.url").replace("redis.internal:6379", &format!("127.0.0.1:{port}"));
+    for statement in worker_recipe.split(';').filter(|s| !s.trim().is_empty()) {
+        env.sql(statement);
+    }
     std::thread::sleep(Duration::from_millis(300));
     env.sql(
         "CREATE TABLE users (id int PRIMARY KEY, name text); INSERT INTO users VALUES (1, 'ann'), (2, 'bob');
