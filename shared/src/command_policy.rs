@@ -384,7 +384,7 @@ impl Refusal {
     pub fn hint(&self) -> String {
         match self {
             Refusal::Dangerous { command, .. } | Refusal::SessionState { command } | Refusal::Unknown { command } | Refusal::ReadOnly { command } => format!(
-                "run it as a superuser, or have a superuser allow it for other roles: ALTER SYSTEM SET pg_redis.sql_allowed_commands = '{}' (see \"Privileges\" in the README)",
+                "run it as a superuser, or have a superuser add '{}' to pg_redis.sql_allowed_commands (see \"Privileges\" in the README)",
                 command.to_ascii_lowercase()
             ),
             Refusal::ProtectedKey { owner: Owner::TableKeys { .. } | Owner::TableStream { .. }, .. } => {
@@ -673,7 +673,7 @@ mod tests {
     fn refusals_name_the_command_and_what_to_do() {
         let r = check(&["config", "set", "x", "y"], Policy::Restricted).unwrap_err();
         assert!(r.to_string().contains("CONFIG SET"), "{r}");
-        assert!(r.hint().contains("pg_redis.sql_allowed_commands = 'config set'"), "{}", r.hint());
+        assert!(r.hint().contains("add 'config set' to pg_redis.sql_allowed_commands"), "{}", r.hint());
         let r = protected().check(&["SET", "users:1"], &Targets { written_keys: vec!["users:1"], channels: vec![] }).unwrap_err();
         assert!(r.to_string().contains("users:1") && r.to_string().contains("synced table users"), "{r}");
     }
