@@ -18,6 +18,7 @@ pub static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 pub fn register() {
+    register_sql_command_settings();
     GucRegistry::define_string_guc(
         c"pg_redis.url",
         c"Redis server that receives changes and serves redis.* functions.",
@@ -143,4 +144,53 @@ pub fn tls_ca_file() -> Option<String> {
 /// `pg_redis.batch_max_bytes` in bytes.
 pub fn batch_max_bytes() -> usize {
     BATCH_MAX_BYTES.get().max(1) as usize * 1024
+}
+
+// ---- What roles other than superusers may send to Redis from SQL (see api/privileges.rs) ----
+
+pub static SQL_COMMAND_POLICY: GucSetting<SqlCommandPolicy> = GucSetting::<SqlCommandPolicy>::new(SqlCommandPolicy::Restricted);
+pub static SQL_ALLOWED_COMMANDS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, pgrx::guc::PostgresGucEnum)]
+pub enum SqlCommandPolicy {
+    #[name = c"restricted"]
+    Restricted,
+    #[name = c"read_only"]
+    ReadOnly,
+    #[name = c"unrestricted"]
+    Unrestricted,
+}
+
+/// Superuser-only (Suset): set system-wide, or per role or database with ALTER ROLE/DATABASE.
+fn register_sql_command_settings() {
+    GucRegistry::define_enum_guc(
+        c"pg_redis.sql_command_policy",
+        c"What roles other than superusers may send to Redis with redis.command, redis.on_commit and the typed helpers.",
+        c"restricted: no admin, dangerous, scripting, session-changing or unknown commands, and no writes to synced tables' keys, streams and channels or to pg_redis: keys. read_only: also no writes or publishes at all. unrestricted: anything the Redis user of pg_redis.url may do.",
+        &SQL_COMMAND_POLICY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_redis.sql_allowed_commands",
+        c"Commands roles other than superusers may send although pg_redis.sql_command_policy would refuse them.",
+        c"Comma-separated, e.g. 'info, config get, pg.get'. Writes to protected keys stay refused.",
+        &SQL_ALLOWED_COMMANDS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+pub fn sql_command_policy() -> pg_redis_shared::command_policy::Policy {
+    use pg_redis_shared::command_policy::Policy;
+    match SQL_COMMAND_POLICY.get() {
+        SqlCommandPolicy::Restricted => Policy::Restricted,
+        SqlCommandPolicy::ReadOnly => Policy::ReadOnly,
+        SqlCommandPolicy::Unrestricted => Policy::Unrestricted,
+    }
+}
+
+/// The raw list of `pg_redis.sql_allowed_commands` ("" when unset).
+pub fn sql_allowed_commands() -> String {
+    SQL_ALLOWED_COMMANDS.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }

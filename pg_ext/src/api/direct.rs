@@ -1,7 +1,9 @@
 //! Talking to Redis from SQL, on this backend's own connection: typed helpers for the common
 //! commands and `redis.command(...)` for any other. A Redis error reply becomes an SQL ERROR
-//! carrying Redis's message; nothing Redis answers can crash the backend.
+//! carrying Redis's message; nothing Redis answers can crash the backend. Every function sends
+//! through [`send`], so each obeys the SQL command policy (see `privileges.rs`).
 
+use crate::api::privileges::authorize_redis_command;
 use crate::errors::{raise, raise_with, OrRaise};
 use crate::redis_client::call;
 use pg_redis_shared::Error;
@@ -13,14 +15,13 @@ use serde_json::{Map, Number, Value as Json};
 /// `PONG` from the configured Redis.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ping() -> String {
-    call(|c| redis::cmd("PING").query::<String>(c)).or_raise()
+    send("redis.ping", vec!["PING".into()])
 }
 
 /// The string at `key`, NULL when absent.
 #[pg_extern(volatile, parallel_unsafe)]
 fn get(key: &str) -> Option<String> {
-    let key = key.to_owned();
-    let v = call(move |c| redis::cmd("GET").arg(&key).query::<Option<Vec<u8>>>(c)).or_raise();
+    let v: Option<Vec<u8>> = send("redis.get", vec!["GET".into(), key.into()]);
     v.map(|b| utf8(b, "GET"))
 }
 
@@ -32,46 +33,42 @@ fn set(key: &str, value: &str, ttl: default!(Option<i32>, "NULL"), nx: default!(
             raise(Error::invalid_value("ttl", t, "it must be a positive number of seconds (or NULL for no expiry)"));
         }
     }
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value);
+    let mut args: Vec<String> = vec!["SET".into(), key.into(), value.into()];
     if let Some(t) = ttl {
-        cmd.arg("EX").arg(t);
+        args.extend(["EX".into(), t.to_string()]);
     }
     if nx.unwrap_or(false) {
-        cmd.arg("NX");
+        args.push("NX".into());
     }
-    let reply = call(move |c| cmd.query::<Value>(c)).or_raise();
+    let reply: Value = send("redis.set", args);
     !matches!(reply, Value::Nil)
 }
 
 /// Deletes keys; returns how many existed.
 #[pg_extern(volatile, parallel_unsafe)]
 fn del(keys: VariadicArray<&str>) -> i64 {
-    let keys: Vec<String> = keys.iter().flatten().map(str::to_owned).collect();
-    if keys.is_empty() {
+    let args: Vec<String> = std::iter::once("DEL").chain(keys.iter().flatten()).map(str::to_owned).collect();
+    if args.len() == 1 {
         return 0;
     }
-    call(move |c| redis::cmd("DEL").arg(&keys).query::<i64>(c)).or_raise()
+    send("redis.del", args)
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn exists(key: &str) -> bool {
-    let key = key.to_owned();
-    call(move |c| redis::cmd("EXISTS").arg(&key).query::<i64>(c)).or_raise() > 0
+    send::<i64>("redis.exists", vec!["EXISTS".into(), key.into()]) > 0
 }
 
 /// Sets a key's time to live in seconds; false if the key does not exist.
 #[pg_extern(volatile, parallel_unsafe)]
 fn expire(key: &str, seconds: i32) -> bool {
-    let key = key.to_owned();
-    call(move |c| redis::cmd("EXPIRE").arg(&key).arg(seconds).query::<i64>(c)).or_raise() == 1
+    send::<i64>("redis.expire", vec!["EXPIRE".into(), key.into(), seconds.to_string()]) == 1
 }
 
 /// Adds `by` to the integer at `key` (0 when absent); returns the new value.
 #[pg_extern(volatile, parallel_unsafe)]
 fn incrby(key: &str, by: default!(i64, 1)) -> i64 {
-    let key = key.to_owned();
-    call(move |c| redis::cmd("INCRBY").arg(&key).arg(by).query::<i64>(c)).or_raise()
+    send("redis.incrby", vec!["INCRBY".into(), key.into(), by.to_string()])
 }
 
 /// Sets hash fields from a JSON object (strings as they are, other values as JSON text);
@@ -82,21 +79,18 @@ fn hset(key: &str, fields: JsonB) -> i64 {
     if pairs.is_empty() {
         raise(Error::invalid_value("fields", "'{}'", "give at least one field"));
     }
-    let key = key.to_owned();
-    call(move |c| redis::cmd("HSET").arg(&key).arg(&pairs).query::<i64>(c)).or_raise()
+    send("redis.hset", ["HSET".into(), key.into()].into_iter().chain(pairs).collect())
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn hget(key: &str, field: &str) -> Option<String> {
-    let (key, field) = (key.to_owned(), field.to_owned());
-    call(move |c| redis::cmd("HGET").arg(&key).arg(&field).query::<Option<Vec<u8>>>(c)).or_raise().map(|b| utf8(b, "HGET"))
+    send::<Option<Vec<u8>>>("redis.hget", vec!["HGET".into(), key.into(), field.into()]).map(|b| utf8(b, "HGET"))
 }
 
 /// Every field of a hash as a JSON object (NULL when the key does not exist).
 #[pg_extern(volatile, parallel_unsafe)]
 fn hgetall(key: &str) -> Option<JsonB> {
-    let key = key.to_owned();
-    let fields = call(move |c| redis::cmd("HGETALL").arg(&key).query::<Vec<(Vec<u8>, Vec<u8>)>>(c)).or_raise();
+    let fields: Vec<(Vec<u8>, Vec<u8>)> = send("redis.hgetall", vec!["HGETALL".into(), key.into()]);
     if fields.is_empty() {
         return None;
     }
@@ -107,8 +101,7 @@ fn hgetall(key: &str) -> Option<JsonB> {
 /// Publishes a message; returns how many subscribers got it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn publish(channel: &str, message: &str) -> i64 {
-    let (channel, message) = (channel.to_owned(), message.to_owned());
-    call(move |c| redis::cmd("PUBLISH").arg(&channel).arg(&message).query::<i64>(c)).or_raise()
+    send("redis.publish", vec!["PUBLISH".into(), channel.into(), message.into()])
 }
 
 /// Appends an entry (a JSON object of fields) to a stream, capped at about `maxlen` entries;
@@ -119,16 +112,16 @@ fn xadd(stream: &str, fields: JsonB, maxlen: default!(Option<i64>, "NULL")) -> S
     if pairs.is_empty() {
         raise(Error::invalid_value("fields", "'{}'", "a stream entry needs at least one field"));
     }
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream);
+    let mut args: Vec<String> = vec!["XADD".into(), stream.into()];
     if let Some(n) = maxlen {
         if n < 0 {
             raise(Error::invalid_value("maxlen", n, "it must not be negative"));
         }
-        cmd.arg("MAXLEN").arg("~").arg(n);
+        args.extend(["MAXLEN".into(), "~".into(), n.to_string()]);
     }
-    cmd.arg("*").arg(&pairs);
-    call(move |c| cmd.query::<String>(c)).or_raise()
+    args.push("*".into());
+    args.extend(pairs);
+    send("redis.xadd", args)
 }
 
 /// Keys matching a glob pattern (SCAN, so Redis is never blocked; `count` is SCAN's hint).
@@ -140,8 +133,8 @@ fn scan(pattern: default!(&str, "'*'"), count: default!(i32, 1000)) -> SetOfIter
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let pattern = pattern.to_owned();
-        let (next, batch) = call(move |c| redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(count).query::<(u64, Vec<Vec<u8>>)>(c)).or_raise();
+        let args = vec!["SCAN".into(), cursor.to_string(), "MATCH".into(), pattern.into(), "COUNT".into(), count.to_string()];
+        let (next, batch): (u64, Vec<Vec<u8>>) = send("redis.scan", args);
         keys.extend(batch.into_iter().map(|k| utf8(k, "SCAN")));
         check_for_interrupts!();
         if next == 0 {
@@ -159,11 +152,21 @@ fn command(args: VariadicArray<&str>) -> Option<JsonB> {
     if args.is_empty() {
         raise(Error::invalid_value("command", "()", "name a command, e.g. redis.command('GET', 'key')"));
     }
-    let reply = call(move |c| redis::cmd(&args[0]).arg(&args[1..]).query::<Value>(c)).or_raise();
+    let reply: Value = send("redis.command", args);
     match to_json(reply) {
         Json::Null => None,
         j => Some(JsonB(j)),
     }
+}
+
+/// Checks `args` (a command line, never empty) against the SQL command policy, then runs it on
+/// this backend's connection.
+fn send<T: redis::FromRedisValue + Send + 'static>(function: &str, args: Vec<String>) -> T {
+    if args.is_empty() {
+        raise(Error::invalid_value("command", "()", "name a command, e.g. redis.command('GET', 'key')"));
+    }
+    authorize_redis_command(function, &args);
+    call(move |c| redis::cmd(&args[0]).arg(&args[1..]).query::<T>(c)).or_raise() // ok: args is not empty (checked above)
 }
 
 fn to_json(v: Value) -> Json {

@@ -1,9 +1,9 @@
 //! `redis.on_commit(...)`: a Redis command that runs only if the calling transaction commits.
 //! It is queued in the same outbox as row changes, so the worker runs it durably (Redis down:
 //! it runs when Redis is back) and in commit order with the changes. A rolled-back transaction
-//! or savepoint runs nothing.
+//! or savepoint runs nothing. It obeys the SQL command policy like `redis.command`.
 
-use crate::api::privileges::as_extension_owner;
+use crate::api::privileges::{as_extension_owner, authorize_redis_command};
 use crate::capture::wake;
 use crate::errors::raise_with;
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -37,6 +37,9 @@ fn on_commit(args: VariadicArray<&str>) {
             Some("use redis.command() to run it now, on this session's own connection"),
         );
     }
+    // Checked now, not when delivered: the worker runs it with pg_redis's own Redis credentials,
+    // and Redis may be down now (the check needs no Redis).
+    authorize_redis_command("redis.on_commit", &command);
     as_extension_owner(|| {
         Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[command.into()]).unwrap_or_report();
     });

@@ -1,5 +1,6 @@
 //! Observability: the delivery worker of this database, and waiting for delivery.
 
+use crate::api::privileges::as_extension_owner_pinned;
 use crate::errors::raise_with;
 use crate::worker::registry;
 use pgrx::prelude::*;
@@ -20,6 +21,10 @@ fn worker_status() -> TableIterator<'static, (name!(pid, Option<i32>), name!(sta
 /// Waits until every change committed before the call has been acknowledged by Redis; false
 /// when `timeout_ms` passes first. Changes of the calling transaction itself are not waited
 /// for (they are not committed yet).
+///
+/// It reads the outbox and the dead letters as the extension's owner (a role granted only this
+/// function need not read them), and any failure to read them is an ERROR: a query that failed
+/// never reads as "nothing pending".
 #[pg_extern(volatile, parallel_unsafe)]
 fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     // SAFETY: reading the transaction's isolation level.
@@ -34,29 +39,32 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     // This session's own committed writes since its last call: if the worker parked one of them,
     // even before this call, the session must hear of it.
     let mine = crate::capture::wake::committed_writes();
-    let first_dead = Spi::get_one::<i64>("SELECT coalesce(max(id), 0) FROM redis.dead_letter").ok().flatten().unwrap_or(0);
-    let last = Spi::get_one::<i64>("SELECT max(id) FROM redis.outbox").ok().flatten().unwrap_or(0);
-    if last > 0 {
-        // SAFETY: reading this backend's database id.
-        registry::wake(unsafe { pg_sys::MyDatabaseId });
-        let mut pause = Duration::from_micros(500);
-        while others_pending(last) {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
+    let parked = as_extension_owner_pinned(|| {
+        let first_dead = count_of("redis.dead_letter", "SELECT coalesce(max(id), 0) FROM redis.dead_letter", &[]);
+        let last = count_of("redis.outbox", "SELECT coalesce(max(id), 0) FROM redis.outbox", &[]);
+        if last > 0 {
+            // SAFETY: reading this backend's database id.
+            registry::wake(unsafe { pg_sys::MyDatabaseId });
+            let mut pause = Duration::from_micros(500);
+            while others_pending(last) {
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                sleep_interruptibly(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(20));
             }
-            sleep_interruptibly(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(20));
         }
-    }
-    // Delivered, or parked for good: say so rather than claim success.
-    let parked = Spi::get_one_with_args::<i64>(
-        "SELECT count(*) FROM redis.dead_letter WHERE (id > $1 AND id <= $2) OR tx_id = ANY ($3)",
-        &[first_dead.into(), last.into(), mine.clone().into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(0);
+        // Delivered, or parked for good: say so rather than claim success.
+        Some(count_of(
+            "redis.dead_letter",
+            "SELECT count(*) FROM redis.dead_letter WHERE (id > $1 AND id <= $2) OR tx_id = ANY ($3)",
+            &[first_dead.into(), last.into(), mine.clone().into()],
+        ))
+    });
+    let Some(parked) = parked else {
+        return false;
+    };
     crate::capture::wake::forget_writes(mine.len());
     if parked > 0 {
         warning!("pg_redis: {parked} change(s) could not be applied and were moved to redis.dead_letter");
@@ -65,21 +73,39 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     true
 }
 
+/// The bigint a query of pg_redis's catalog returns; an ERROR naming `what` when it cannot be
+/// read, since wait_synced must never mistake a failed read for an empty queue.
+fn count_of(what: &str, query: &str, args: &[pgrx::datum::DatumWithOid]) -> i64 {
+    match Spi::get_one_with_args::<i64>(query, args) {
+        Ok(Some(n)) => n,
+        Ok(None) => cannot_read(what, "no value"),
+        Err(e) => cannot_read(what, e),
+    }
+}
+
+fn cannot_read(what: &str, why: impl std::fmt::Display) -> ! {
+    raise_with(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("redis.wait_synced cannot read {what} ({why}), so it cannot tell whether changes are still pending"),
+        Some("pg_redis's tables must stay as CREATE EXTENSION made them; recreate the extension if they were altered"),
+    )
+}
+
 /// Whether the outbox holds an event up to `last` that another transaction wrote (this one's
 /// own, subtransactions included, are not committed yet and not waited for).
 fn others_pending(last: i64) -> bool {
     let mut after = 0i64;
     loop {
-        let rows: Vec<(i64, u32)> = Spi::connect(|c| {
-            c.select("SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200", None, &[after.into(), last.into()])
-                .map(|t| t.filter_map(|r| Some((r.get::<i64>(1).ok()??, r.get::<i64>(2).ok()?? as u32))).collect())
-                .unwrap_or_default()
-        });
+        let rows: Vec<(i64, i64)> = Spi::connect(|c| {
+            let table = c.select("SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200", None, &[after.into(), last.into()])?;
+            table.map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0)))).collect::<pgrx::spi::SpiResult<Vec<_>>>()
+        })
+        .unwrap_or_else(|e| cannot_read("redis.outbox", e));
         if rows.is_empty() {
             return false;
         }
         // SAFETY: asking whether an xid is one of this transaction's.
-        if rows.iter().any(|(_, xmin)| !unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(*xmin)) }) {
+        if rows.iter().any(|(_, xmin)| !unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(*xmin as u32)) }) {
             return true;
         }
         if rows.len() < 200 {
