@@ -158,7 +158,7 @@ struct StatementStamp {
 
 fn statement_stamp() -> StatementStamp {
     // SAFETY: reading this backend's own transaction state on its main thread.
-    unsafe { StatementStamp { local_xid: (*pg_sys::MyProc).lxid, statement_start: pg_sys::GetCurrentStatementStartTimestamp(), command_id: pg_sys::GetCurrentCommandId(false) } }
+    unsafe { StatementStamp { local_xid: crate::pg::compat::local_transaction_id(), statement_start: pg_sys::GetCurrentStatementStartTimestamp(), command_id: pg_sys::GetCurrentCommandId(false) } }
 }
 
 /// The names only pg_redis writes, read from `redis.mapping` at most once per statement.
