@@ -53,7 +53,10 @@ pub fn hold_while_copied(dboid: pg_sys::Oid) -> Hold {
     let mut announced = false;
     loop {
         match in_transaction(check) {
-            Some(Identity::Same) | None => return if announced { Hold::Restart } else { Hold::Deliver },
+            Some(Identity::Same) => return if announced { Hold::Restart } else { Hold::Deliver },
+            // The check itself failed (logged): hold rather than risk writing another
+            // database's keys, and check again.
+            None => registry::set_state(dboid, WorkerState::Paused, Some("pg_redis could not check whether this database is a copy; see the server log")),
             Some(Identity::Gone) => return Hold::Stop,
             Some(Identity::Copied { from, from_oid, other_cluster }) => {
                 if !announced {

@@ -63,7 +63,7 @@ pub fn register() {
         c"A batch or chunk always takes at least one row. Bounds the memory of the worker and of the backfilling backend when rows are large.",
         &BATCH_MAX_BYTES,
         64,
-        1024 * 1024,
+        256 * 1024,
         GucContext::Sighup,
         GucFlags::UNIT_KB,
     );

@@ -52,16 +52,25 @@ unsafe extern "C-unwind" fn process_utility(
         }
     });
     if let Some(dboid) = stopped {
-        // Succeeded or refused: let the stopped worker run again (a dropped database has none to
-        // start; a copied template gets its worker back, the copy gets its own).
+        // SAFETY: as above.
+        let dropping = unsafe { (*(*pstmt).utilityStmt).type_ == pg_sys::NodeTag::T_DropdbStmt };
+        // Refused: the stopped worker runs again at once. Succeeded: a copied template gets its
+        // worker back and the copy its own once committed; a dropped database is asked for no
+        // worker (before its commit the launcher would still see it, and start one that could
+        // only fail from then on).
         PgTryBuilder::new(run)
-            .finally(|| {
+            .catch_others(move |e| {
                 registry::allow_worker(dboid);
                 registry::request_probe();
-                // A new database becomes visible to the launcher only once committed.
-                crate::capture::wake::start_worker_after_commit();
+                e.rethrow()
             })
             .execute();
+        registry::allow_worker(dboid);
+        if !dropping {
+            registry::request_probe();
+            // A new database becomes visible to the launcher only once committed.
+            crate::capture::wake::start_worker_after_commit();
+        }
     } else {
         (run.0)();
     }

@@ -87,7 +87,7 @@ fn compare(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str
         };
         match actual(redis, key) {
             Some(got) if got == value => {}
-            None if misses_allowed => match (&value, redis::cmd("PG.GET").arg(key).query::<Option<String>>(redis)) {
+            None if misses_allowed => match (&value, read_through(redis, key)) {
                 (Encoded::Json(want), Ok(Some(got))) if got == *want => {}
                 (_, got) => problems.push(format!("{key}: absent, and PG.GET read through {got:?}, the row is {value:?}")),
             },
@@ -101,6 +101,20 @@ fn compare(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str
         }
     }
     problems
+}
+
+/// `PG.GET` of a key, waiting out (up to 15 s) the module's answer that PostgreSQL is unavailable,
+/// busy or slow: after a crash restart it backs off before reconnecting, which is not divergence.
+fn read_through(redis: &mut redis::Connection, key: &str) -> redis::RedisResult<Option<String>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let r = redis::cmd("PG.GET").arg(key).query::<Option<String>>(redis);
+        let transient = matches!(&r, Err(e) if matches!(e.code(), Some("PGUNAVAILABLE" | "BUSY" | "TIMEOUT")));
+        if !transient || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Panics with every difference if the table and Redis disagree.

@@ -37,7 +37,7 @@ fn sync_table(
     backfill: default!(Option<bool>, "true"),
 ) -> i64 {
     require_preloaded();
-    require_read_committed("redis.sync_table");
+    require_read_committed("redis.sync_table()");
     let table = Table::check(&tbl);
     let cols = table_columns(table.oid);
     let template = match key {
@@ -146,7 +146,7 @@ fn unsync_table(tbl: PgRelation, purge: default!(Option<bool>, "false")) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn resync(tbl: PgRelation) -> i64 {
     require_preloaded();
-    require_read_committed("redis.resync");
+    require_read_committed("redis.resync()");
     let table = Table::check(&tbl);
     lock(&table);
     let id = as_extension_owner_pinned(|| active_mapping_id(&table));
@@ -163,7 +163,7 @@ fn require_read_committed(what: &str) {
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         raise_with(
             PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
-            format!("{what}() needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock"),
+            format!("{what} needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock"),
             Some("call it in a READ COMMITTED transaction"),
         );
     }
@@ -568,7 +568,7 @@ fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
     let estimate: i64 = leaves.iter().map(|l| l.1).sum::<i64>().max(1);
     let mut progress = Progress { table: &t.display, estimate, total: 0, last_notice: std::time::Instant::now() };
     for (leaf, _) in &leaves {
-        queue_leaf(leaf, mapping_id, &mut progress);
+        queue_leaf(leaf, mapping_id, 'r', &mut |n| progress.add(n));
     }
     notice!("pg_redis: backfill of {}: {} rows queued for Redis", t.display, progress.total);
     progress.total
@@ -597,8 +597,11 @@ impl Progress<'_> {
 const BACKFILL_FETCH: i64 = 1000;
 const BACKFILL_CHUNK_ROWS: usize = 50_000;
 
-/// Queues every row of one leaf table.
-fn queue_leaf(leaf: &str, mapping_id: i64, progress: &mut Progress) {
+/// Queues `op` for every row of one leaf table: 'r' (a read, the row as `new_row`) or 'd' (the
+/// row leaves the synced table, as `old_row`). `on_chunk` hears how many rows each chunk held.
+pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut dyn FnMut(i64)) {
+    // Also reached from DDL on synced tables (partitions joining or leaving, renames).
+    require_read_committed("reading the rows of a synced table (sync_table, resync, or DDL that moves rows in or out)");
     let budget = crate::gucs::batch_max_bytes();
     Spi::connect_mut(|client| {
         // The jsonb values of one chunk live in a context of their own, emptied after each insert.
@@ -646,12 +649,12 @@ fn queue_leaf(leaf: &str, mapping_id: i64, progress: &mut Progress) {
             fetch = (budget.saturating_sub(bytes) / average).clamp(1, BACKFILL_FETCH as usize) as i64;
             if !chunk.is_empty() && (done || bytes >= budget || chunk.len() >= BACKFILL_CHUNK_ROWS) {
                 let n = chunk.len() as i64;
-                insert_chunk(client, mapping_id, &chunk, &chunk_cx);
+                insert_chunk(client, mapping_id, op, &chunk, &chunk_cx);
                 chunk.clear();
                 bytes = 0;
                 // SAFETY: nothing refers to the chunk's values any more.
                 unsafe { pg_sys::MemoryContextReset(chunk_cx.value()) };
-                progress.add(n);
+                on_chunk(n);
             }
             if done {
                 break;
@@ -662,7 +665,7 @@ fn queue_leaf(leaf: &str, mapping_id: i64, progress: &mut Progress) {
 
 /// Inserts one chunk of backfill rows as the extension's owner (the values cross as one jsonb
 /// array, built in the chunk's context).
-fn insert_chunk(client: &mut pgrx::spi::SpiClient, mapping_id: i64, chunk: &[pg_sys::Datum], chunk_cx: &PgMemoryContexts) {
+fn insert_chunk(client: &mut pgrx::spi::SpiClient, mapping_id: i64, op: char, chunk: &[pg_sys::Datum], chunk_cx: &PgMemoryContexts) {
     // SAFETY: the datums are jsonb values in chunk_cx; the array is built there too and lives
     // until the context is reset after this insert.
     let array = unsafe {
@@ -671,13 +674,9 @@ fn insert_chunk(client: &mut pgrx::spi::SpiClient, mapping_id: i64, chunk: &[pg_
         pg_sys::MemoryContextSwitchTo(old);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(a), pg_sys::JSONBARRAYOID)
     };
+    let column = if op == 'd' { "old_row" } else { "new_row" };
+    let insert = format!("INSERT INTO redis.outbox (mapping_id, op, {column}) SELECT $1, $3::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x");
     as_extension_owner(|| {
-        client
-            .update(
-                "INSERT INTO redis.outbox (mapping_id, op, new_row) SELECT $1, 'r'::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x",
-                None,
-                &[mapping_id.into(), array],
-            )
-            .unwrap_or_report();
+        client.update(insert.as_str(), None, &[mapping_id.into(), array, op.to_string().into()]).unwrap_or_report();
     });
 }

@@ -16,15 +16,12 @@
 //! Nested partitions: whatever level is added or removed, its leaves are read, and the mapping
 //! is the one of its nearest synced ancestor.
 
-use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, with_catalog_search_path};
+use crate::api::privileges::{as_extension_owner_pinned, with_catalog_search_path};
 use crate::api::sync::{drop_triggers_in_tree, install_truncate_triggers};
 use crate::capture::wake;
 use crate::ddl::RelName;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
-
-/// Blocks read per batch of a partition's rows.
-const CHUNK_BLOCKS: i64 = 4096;
 
 /// The active mapping of the nearest synced ancestor of `rel` (`rel` itself counted when
 /// `include_self`).
@@ -120,64 +117,28 @@ pub fn after_detach(parent: &RelName, partition: &RelName, concurrent: bool) {
     wake::after_commit();
 }
 
-/// Queues `op` ('r': new_row, 'd': old_row) for every row of the leaves of `rel`. Rows are
-/// read and turned into jsonb as the user running the DDL (who owns the table); only the
-/// finished values are written to the outbox, as the extension's owner.
+/// Queues `op` ('r': new_row, 'd': old_row) for every row of the leaves of `rel`, through the
+/// backfill's own reader: rows are read as the user running the DDL (who owns the table),
+/// under the canonical settings, in chunks bounded by bytes; only the finished values are
+/// written to the outbox, as the extension's owner.
 fn queue_tree(rel: pg_sys::Oid, mapping_id: i64, op: char) -> i64 {
-    let leaves: Vec<(String, i64)> = as_extension_owner_pinned(|| {
+    let leaves: Vec<String> = as_extension_owner_pinned(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
                    FROM redis._partition_tree($1) p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE p.isleaf AND c.relkind = 'r' ORDER BY p.level, c.oid",
                 None,
                 &[rel.into()],
             )
             .unwrap_or_report()
-            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??)))
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
             .collect()
         })
     });
     let mut total = 0;
-    for (leaf, blocks) in leaves {
-        let mut start = 0;
-        loop {
-            let end = start + CHUNK_BLOCKS;
-            let last = end >= blocks;
-            let filter = if last { format!("WHERE t.ctid >= '({start},0)'::tid") } else { format!("WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid") };
-            total += queue_chunk(&leaf, &filter, mapping_id, op);
-            check_for_interrupts!();
-            if last {
-                break;
-            }
-            start = end;
-        }
+    for leaf in leaves {
+        crate::api::sync::queue_leaf(&leaf, mapping_id, op, &mut |n| total += n);
     }
     total
-}
-
-fn queue_chunk(leaf: &str, filter: &str, mapping_id: i64, op: char) -> i64 {
-    let column = if op == 'd' { "old_row" } else { "new_row" };
-    Spi::connect_mut(|client| {
-        let read = format!("SELECT array_agg(to_jsonb(t)), count(*) FROM ONLY {leaf} t {filter}");
-        let (rows, n) = with_catalog_search_path(|| {
-            let table = client.update(read.as_str(), None, &[]).unwrap_or_report();
-            let row = table.first();
-            let n = row.get::<i64>(2).ok().flatten().unwrap_or(0);
-            // SAFETY: copies the array out of the tuple table before the next statement.
-            let rows = row.get_datum_by_ordinal(1).ok().flatten().map(|d| unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) });
-            (rows, n)
-        });
-        if let (Some(rows), true) = (rows, n > 0) {
-            as_extension_owner(|| {
-                // SAFETY: `rows` is a jsonb[] datum copied into this SPI context.
-                let arg = unsafe { pgrx::datum::DatumWithOid::new(rows, pg_sys::JSONBARRAYOID) };
-                let insert = format!(
-                    "INSERT INTO redis.outbox (mapping_id, op, {column}) SELECT $1, $3::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x"
-                );
-                client.update(insert.as_str(), None, &[mapping_id.into(), arg, op.to_string().into()]).unwrap_or_report();
-            });
-        }
-        n
-    })
 }

@@ -293,7 +293,10 @@ impl Worker {
             self.redis = Some(DeliveryConnection::open(&target)?);
         }
         match self.redis.as_mut() {
-            Some(c) => Ok(&mut c.conn),
+            Some(c) => {
+                c.fence()?;
+                Ok(&mut c.conn)
+            }
             None => Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "no connection".into() }),
         }
     }
@@ -324,8 +327,8 @@ impl Worker {
         }
         loop {
             let taken: Vec<i64> = in_flight.as_ref().map(|f| f.events.iter().map(|e| e.id).collect()).unwrap_or_default();
-            let mut events = if started.elapsed() < TRANSACTION_TIME { outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken) } else { Vec::new() };
-            let mut full = events.len() as i64 >= limit || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
+            let (mut events, bytes_full) = if started.elapsed() < TRANSACTION_TIME { outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken) } else { (Vec::new(), false) };
+            let mut full = bytes_full || events.len() as i64 >= limit || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
             // A batch ends with its first run of queued commands: should Redis refuse one of
             // them for a while, none queued after it may run first (the rest stays locked by
             // this transaction and is read again).
@@ -448,22 +451,28 @@ impl Worker {
                     continue;
                 }
             };
-            // Events after the first refused one of their table (or of the queued commands) stay
-            // queued: per-key order, and commit order of queued commands.
-            if stuck_now.contains(&scope) {
-                continue;
-            }
+            // A table's events after its first refused one stay queued (per-key order; rows
+            // are idempotent, so one already applied may be applied again). Queued commands are
+            // not: one Redis ran is acknowledged whatever happened around it, one Redis will
+            // never take is parked, and from the first one not run on, the rest wait in order.
+            let commands = scope == Scope::Commands;
+            let stuck = stuck_now.contains(&scope);
             match outcome {
+                Outcome::Applied if stuck && !commands => {}
                 Outcome::Applied => {
                     acked.push(e.ctid.clone());
                     *delivered.entry(scope).or_default() += 1;
                 }
-                // Discarded with its MULTI/EXEC because of another command: runs again.
-                Outcome::NotRun(_) => {}
-                Outcome::Refused(err) if scope == Scope::Commands && !transient(&err) => {
+                Outcome::Refused(err) if commands && !transient(&err) => {
                     let why = format!("Redis refused the queued command: {err}");
                     errors.insert(scope, why.clone());
                     dead.push((e.id, why));
+                }
+                _ if stuck => {}
+                // Discarded with its MULTI/EXEC: it runs again, and the commands after it wait.
+                Outcome::NotRun(why) => {
+                    errors.entry(scope).or_insert_with(|| format!("Redis did not run the queued command: {why}"));
+                    stuck_now.insert(scope);
                 }
                 Outcome::Refused(err) => {
                     errors.insert(scope, format!("Redis refused: {err}"));

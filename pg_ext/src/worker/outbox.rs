@@ -51,8 +51,9 @@ const BATCH_SQL: &str = "SELECT id, mapping_id, op::text, tx_id, (date_part('epo
 /// The oldest events, at most `limit` of them and about `max_bytes` of row data (at least one),
 /// skipping mapping versions in `excluded` (0 = commands) and the events in `taken` (already
 /// read by this transaction, on their way to Redis). A cursor locks only the rows it fetched,
-/// so what lies past the bounds stays free for the next batch.
-pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64]) -> Vec<Event> {
+/// so what lies past the bounds stays free for the next batch. Also says whether the byte bound
+/// was reached (more may be waiting).
+pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64]) -> (Vec<Event>, bool) {
     Spi::connect_mut(|client| {
         let mut cursor = client.open_cursor_mut(BATCH_SQL, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]);
         let mut events = Vec::new();
@@ -75,7 +76,7 @@ pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64])
             let average = bytes / events.len().max(1);
             fetch = ((max_bytes.saturating_sub(bytes)) / average.max(1)).clamp(1, 256) as i64;
         }
-        events
+        (events, bytes >= max_bytes)
     })
 }
 

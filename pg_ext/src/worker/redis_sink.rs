@@ -55,6 +55,12 @@ impl DeliveryConnection {
         Ok(DeliveryConnection { target: target.clone(), conn, identity })
     }
 
+    /// Fences off connections abandoned since this one opened (by this worker's other
+    /// connection); cheap when there are none. Called before every send.
+    pub fn fence(&mut self) -> Result<(), Error> {
+        fence_abandoned(&mut self.conn, &self.target.url).map_err(|e| redis_client::from_redis(&self.target, e))
+    }
+
     /// Drops the connection after a failure, remembering it for fencing.
     pub fn abandon(self) {
         if let Some((id, addr)) = self.identity {
@@ -68,19 +74,23 @@ impl DeliveryConnection {
 /// Kills the server-side clients of abandoned connections to `url`. "No such client" means it
 /// is gone already; a refusal (an ACL without CLIENT KILL) leaves it to its socket's closing.
 fn fence_abandoned(conn: &mut Connection, url: &str) -> RedisResult<()> {
-    let pending: Vec<(String, String)> = match ABANDONED.lock() {
-        Ok(mut list) => {
+    let pending: Vec<(String, String, String)> = match ABANDONED.lock() {
+        Ok(mut list) if list.iter().any(|(u, _, _)| u == url) => {
             let (mine, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|(u, _, _)| u == url);
             *list = rest;
-            mine.into_iter().map(|(_, id, addr)| (id, addr)).collect()
+            mine
         }
-        Err(_) => Vec::new(),
+        _ => return Ok(()),
     };
-    for (id, addr) in pending {
+    for (i, (_, id, addr)) in pending.iter().enumerate() {
         // ID and ADDR together: after a Redis restart, ids start again and may name another client.
-        let r: RedisResult<Value> = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id).arg("ADDR").arg(&addr).query(conn);
+        let r: RedisResult<Value> = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).arg("ADDR").arg(addr).query(conn);
         if let Err(e) = r {
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                // Not fenced yet: keep them for the next connection.
+                if let Ok(mut list) = ABANDONED.lock() {
+                    list.extend(pending.into_iter().skip(i));
+                }
                 return Err(e);
             }
         }
@@ -115,6 +125,7 @@ impl PipelineThread {
                     None => DeliveryConnection::open(&target),
                 }
                 .and_then(|mut c| {
+                    c.fence()?;
                     let refs: Vec<&Planned> = planned.iter().collect();
                     let r = crate::threads::catch(|| apply(&mut c.conn, &refs, &mut |_, _| Vec::new()))
                         .unwrap_or_else(|why| Err(redis::RedisError::from((redis::ErrorKind::Client, "internal error", why))));
