@@ -71,13 +71,19 @@ fn url_secrets(s: &str, rest: usize) -> Vec<Range<usize>> {
     let mut params_from = rest;
     if let Some(after) = s[rest..].strip_prefix("//") {
         let auth = s.len() - after.len();
-        // PostgreSQL: up to the first `@` anywhere; WHATWG: the last `@` of the authority.
-        let first_at = after.find('@');
-        let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-        let last_at = after[..authority_end].rfind('@');
-        if let Some(end) = first_at.max(last_at) {
-            if let Some(colon) = after[..end].find(':') {
-                spans.push(auth + colon + 1..auth + end);
+        // PostgreSQL reads the credentials up to the first `@` anywhere, WHATWG up to the last
+        // `@` of the authority. Once a password has started (a `:` before the first `@`), it
+        // is hidden up to the last `@` of the string: a raw `@`, `/`, `?` or `#` in it moves
+        // the boundary for one parser or the other, and the text then ends up in an error.
+        if let Some(first_at) = after.find('@') {
+            let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            if let Some(colon) = after[..first_at].find(':') {
+                let last_at = after.rfind('@').unwrap_or(first_at);
+                spans.push(auth + colon + 1..auth + last_at);
+            } else if let Some(last_at) = after[..authority_end].rfind('@') {
+                if let Some(colon) = after[first_at..last_at].find(':') {
+                    spans.push(auth + first_at + colon + 1..auth + last_at);
+                }
             }
         }
         params_from = auth;
@@ -224,6 +230,9 @@ mod tests {
         // WHATWG reads them up to the last `@` of the authority.
         assert_eq!(redact_url("redis://u:p@ss@h:1/0"), "redis://u:****@h:1/0");
         assert_eq!(redact_url("postgresql://h/db?application_name=a:b@c"), "postgresql://h/db?application_name=a:****@c");
+        assert_eq!(redact_url("redis://:p/q?r#s@t@h:1/0"), "redis://:****@h:1/0");
+        assert_eq!(redact_url("redis://u@x:p@h:1/0"), "redis://u@x:****@h:1/0");
+        assert!(!has_password("postgresql://u@h:5432/db?application_name=a@b"));
     }
 
     #[test]
