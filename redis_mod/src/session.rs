@@ -1,7 +1,7 @@
 //! One pool thread's PostgreSQL connection: opened on demand under the canonical session
 //! settings, over TLS as `sslmode` asks, with every wait bounded.
 //!
-//! The connection is driven by a single-threaded tokio runtime owned by the thread, so each
+//! The connection is driven on a single-threaded tokio runtime owned by the thread, so each
 //! step (connect, prepare, query) can be given a deadline: a peer that stops answering (a
 //! frozen server, a network that drops packets) costs a request `query_timeout_ms` plus a
 //! grace, then the connection is abandoned (its socket closed) and the next request opens a
@@ -19,8 +19,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::runtime::Runtime;
-use tokio::task::JoinHandle;
 
 /// Threads holding an open connection.
 pub static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
@@ -52,10 +53,41 @@ impl Drop for Probe {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// An open connection and the task that moves its bytes.
+/// The future that moves a connection's bytes; it runs only while the thread waits on a step
+/// (as in the `postgres` crate), so a query costs no task switch.
+type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+/// An open connection and its driver.
 struct Link {
     client: Arc<tokio_postgres::Client>,
-    driver: JoinHandle<()>,
+    driver: Driver,
+    /// The driver finished (the connection ended); it must not be polled again.
+    ended: bool,
+}
+
+impl Link {
+    fn new<F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(client: tokio_postgres::Client, connection: F) -> Link {
+        Link { client: Arc::new(client), driver: Box::pin(connection), ended: false }
+    }
+
+    /// Runs `work` to completion (or `limit`), moving the connection's bytes meanwhile.
+    fn drive<T>(&mut self, rt: &Runtime, limit: Duration, work: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed> {
+        let (driver, ended) = (&mut self.driver, &mut self.ended);
+        rt.block_on(async move {
+            // The timer is made inside the runtime (it needs the runtime's clock).
+            let mut work = std::pin::pin!(tokio::time::timeout(limit, work));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                if !*ended && driver.as_mut().poll(cx).is_ready() {
+                    *ended = true;
+                }
+                work.as_mut().poll(cx)
+            })
+            .await
+        })
+    }
 }
 
 /// One thread's connection and its prepared statements.
@@ -118,12 +150,11 @@ impl Session {
         F: Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let limit = config::query_timeout() + GRACE;
-        let (Some(rt), Some(link)) = (self.runtime.as_ref(), self.link.as_ref()) else {
+        let (Some(rt), Some(link)) = (self.runtime.as_ref(), self.link.as_mut()) else {
             return Err(Error::Unavailable { server: "PostgreSQL", reason: "no connection".into() }.into());
         };
         let work = step(link.client.clone());
-        // The timer is made inside the runtime (it needs the runtime's clock).
-        let outcome = rt.block_on(async move { tokio::time::timeout(limit, work).await });
+        let outcome = link.drive(rt, limit, work);
         match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.fail(e)),
@@ -140,7 +171,7 @@ impl Session {
     /// timeout. `now` skips the shared backoff (a retry after a dead pooled connection).
     fn ensure_link(&mut self, now: bool) -> Result<(), Failure> {
         let generation = config::PG_URL.generation();
-        if self.link.as_ref().is_some_and(|l| l.client.is_closed()) || (self.link.is_some() && self.generation != generation) {
+        if self.link.as_ref().is_some_and(|l| l.ended || l.client.is_closed()) || (self.link.is_some() && self.generation != generation) {
             self.close();
         }
         if self.runtime.is_none() {
@@ -177,9 +208,8 @@ impl Session {
     }
 
     pub fn close(&mut self) {
-        if let Some(link) = self.link.take() {
-            // Aborting the driver closes the socket at once, even towards a silent peer.
-            link.driver.abort();
+        // Dropping the link closes the socket at once, even towards a silent peer.
+        if self.link.take().is_some() {
             CONNECTIONS.fetch_sub(1, Ordering::AcqRel);
         }
         self.statements.clear();
@@ -305,35 +335,23 @@ fn connect(rt: &Runtime) -> Result<Link, Error> {
     let limit = connect_timeout + GRACE;
     let timed_out = || unavailable(format!("{}: no answer while connecting within {} ms", where_pg(), limit.as_millis()));
     let setup = session_setup_sql();
-    let link = if target.tls == TlsMode::Disable {
+    let mut link = if target.tls == TlsMode::Disable {
         rt.block_on(async {
             let (client, connection) = tokio::time::timeout(limit, cfg.connect(tokio_postgres::NoTls)).await.map_err(|_| timed_out())?.map_err(|e| failed(&e))?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok::<_, Error>(Link { client: Arc::new(client), driver })
+            Ok::<_, Error>(Link::new(client, connection))
         })?
     } else {
         let tls = pg_tls::connector(target.tls, &config::PG_SSL_CA_FILE.get()).map_err(unavailable)?;
         rt.block_on(async {
             let (client, connection) = tokio::time::timeout(limit, cfg.connect(tls)).await.map_err(|_| timed_out())?.map_err(|e| failed(&e))?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok::<_, Error>(Link { client: Arc::new(client), driver })
+            Ok::<_, Error>(Link::new(client, connection))
         })?
     };
-    let ready = rt.block_on(async { tokio::time::timeout(limit, link.client.batch_execute(&setup)).await });
-    match ready {
+    let client = link.client.clone();
+    match link.drive(rt, limit, async move { client.batch_execute(&setup).await }) {
         Ok(Ok(())) => Ok(link),
-        Ok(Err(e)) => {
-            link.driver.abort();
-            Err(failed(&e))
-        }
-        Err(_) => {
-            link.driver.abort();
-            Err(timed_out())
-        }
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(_) => Err(timed_out()),
     }
 }
 
