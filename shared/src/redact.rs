@@ -24,6 +24,10 @@ pub fn redact_url(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut at = 0;
     for span in spans {
+        // An empty password (`?pass&…`, `password=''`) has nothing to hide: the text stays.
+        if span.is_empty() {
+            continue;
+        }
         out.push_str(&s[at..span.start]);
         out.push_str(MASK);
         at = span.end;
@@ -95,8 +99,13 @@ fn url_secrets(s: &str, rest: usize) -> Vec<Range<usize>> {
             continue;
         }
         let key_start = params_from + i + 1;
-        let Some(key_len) = s[key_start..].find(['=', '&']) else { continue };
-        if !s[key_start + key_len..].starts_with('=') || !is_password_key(&s[key_start..key_start + key_len]) {
+        let key_len = s[key_start..].find(['=', '&']).unwrap_or(s.len() - key_start);
+        if !is_password_key(&s[key_start..key_start + key_len]) {
+            continue;
+        }
+        if !s[key_start + key_len..].starts_with('=') {
+            // A bare key is an empty password to WHATWG query parsing.
+            spans.push(key_start + key_len..key_start + key_len);
             continue;
         }
         let value_start = key_start + key_len + 1;
@@ -242,6 +251,8 @@ mod tests {
         assert_eq!(redact_url("unix:/tmp/r.sock?%70ass=x"), "unix:/tmp/r.sock?%70ass=****");
         assert_eq!(redact_url("postgresql://h/db?pass%77ord=x"), "postgresql://h/db?pass%77ord=****");
         assert_eq!(redact_url("REDIS+UNIX:///s?pa\tss=x"), "REDIS+UNIX:///s?pa\tss=****");
+        assert!(has_password("redis+unix:///s?db=0&pass&x=1"), "a bare key is an empty password");
+        assert_eq!(redact_url("redis+unix:///s?db=0&pass&x=1"), "redis+unix:///s?db=0&pass&x=1");
     }
 
     #[test]
