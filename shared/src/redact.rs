@@ -64,16 +64,37 @@ fn secret_spans(s: &str) -> Vec<Range<usize>> {
 /// has a `:` in its first keyword.
 fn url_rest(s: &str) -> Option<usize> {
     let start = s.len() - s.trim_start_matches(|c: char| c <= ' ').len();
-    let body = &s[start..];
-    let scheme_len = body.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))?;
-    let first = body.chars().next()?;
-    (scheme_len > 0 && first.is_ascii_alphabetic() && body[scheme_len..].starts_with(':')).then_some(start + scheme_len + 1)
+    // WHATWG parsers drop tabs and newlines anywhere, the scheme included.
+    let mut scheme = s[start..].char_indices().filter(|(_, c)| !is_dropped(*c));
+    let (_, first) = scheme.next()?;
+    if !first.is_ascii_alphabetic() {
+        return None;
+    }
+    for (i, c) in scheme {
+        match c {
+            ':' => return Some(start + i + 1),
+            c if c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.') => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Characters WHATWG URL parsing removes before it reads anything.
+fn is_dropped(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r')
+}
+
+/// `s` past a leading `//` (tabs and newlines around the slashes ignored), if it has one.
+fn strip_slashes(s: &str) -> Option<&str> {
+    let s = s.trim_start_matches(is_dropped).strip_prefix('/')?;
+    s.trim_start_matches(is_dropped).strip_prefix('/')
 }
 
 fn url_secrets(s: &str, rest: usize) -> Vec<Range<usize>> {
     let mut spans = Vec::new();
     let mut params_from = rest;
-    if let Some(after) = s[rest..].strip_prefix("//") {
+    if let Some(after) = strip_slashes(&s[rest..]) {
         let auth = s.len() - after.len();
         // PostgreSQL reads the credentials up to the first `@` anywhere, WHATWG up to the last
         // `@` of the authority. Once a password has started (a `:` before the first `@`), it
@@ -118,7 +139,7 @@ fn url_secrets(s: &str, rest: usize) -> Vec<Range<usize>> {
 /// `password` (libpq, PostgreSQL URLs) or `pass` (Redis unix-socket URLs), however encoded.
 fn is_password_key(raw: &str) -> bool {
     // WHATWG parsers drop tabs and newlines anywhere; form encoding reads `+` as a space.
-    let cleaned: String = raw.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).collect();
+    let cleaned: String = raw.chars().filter(|c| !is_dropped(*c)).collect();
     let decoded = percent_decode(&cleaned).replace('+', " ");
     let key = decoded.trim().to_ascii_lowercase();
     key == "password" || key == "pass"
@@ -252,6 +273,8 @@ mod tests {
         assert_eq!(redact_url("postgresql://h/db?pass%77ord=x"), "postgresql://h/db?pass%77ord=****");
         assert_eq!(redact_url("REDIS+UNIX:///s?pa\tss=x"), "REDIS+UNIX:///s?pa\tss=****");
         assert!(has_password("redis+unix:///s?db=0&pass&x=1"), "a bare key is an empty password");
+        assert_eq!(redact_url("redis+uni\tx:///s?p\tass=x"), "redis+uni\tx:///s?p\tass=****");
+        assert_eq!(redact_url("redis:/\t/:pw@h"), "redis:/\t/:****@h");
         assert_eq!(redact_url("redis+unix:///s?db=0&pass&x=1"), "redis+unix:///s?db=0&pass&x=1");
     }
 
