@@ -120,7 +120,8 @@ fn url_secrets(s: &str, rest: usize) -> Vec<Range<usize>> {
             continue;
         }
         let key_start = params_from + i + 1;
-        let key_len = s[key_start..].find(['=', '&']).unwrap_or(s.len() - key_start);
+        // WHATWG ends the query at `#`; a key cut there is bare.
+        let key_len = s[key_start..].find(['=', '&', '#']).unwrap_or(s.len() - key_start);
         if !is_password_key(&s[key_start..key_start + key_len]) {
             continue;
         }
@@ -273,6 +274,7 @@ mod tests {
         assert_eq!(redact_url("postgresql://h/db?pass%77ord=x"), "postgresql://h/db?pass%77ord=****");
         assert_eq!(redact_url("REDIS+UNIX:///s?pa\tss=x"), "REDIS+UNIX:///s?pa\tss=****");
         assert!(has_password("redis+unix:///s?db=0&pass&x=1"), "a bare key is an empty password");
+        assert!(has_password("redis+unix:///s?pass#=x"), "the fragment cuts the key");
         assert_eq!(redact_url("redis+uni\tx:///s?p\tass=x"), "redis+uni\tx:///s?p\tass=****");
         assert_eq!(redact_url("redis:/\t/:pw@h"), "redis:/\t/:****@h");
         assert_eq!(redact_url("redis+unix:///s?db=0&pass&x=1"), "redis+unix:///s?db=0&pass&x=1");
