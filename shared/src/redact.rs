@@ -142,7 +142,8 @@ fn is_password_key(raw: &str) -> bool {
     // WHATWG parsers drop tabs and newlines anywhere; form encoding reads `+` as a space.
     let cleaned: String = raw.chars().filter(|c| !is_dropped(*c)).collect();
     let decoded = percent_decode(&cleaned).replace('+', " ");
-    let key = decoded.trim().to_ascii_lowercase();
+    // WHATWG also trims C0 controls and spaces from the end of the whole input.
+    let key = decoded.trim_matches(|c: char| c <= ' ').to_ascii_lowercase();
     key == "password" || key == "pass"
 }
 
@@ -275,6 +276,7 @@ mod tests {
         assert_eq!(redact_url("REDIS+UNIX:///s?pa\tss=x"), "REDIS+UNIX:///s?pa\tss=****");
         assert!(has_password("redis+unix:///s?db=0&pass&x=1"), "a bare key is an empty password");
         assert!(has_password("redis+unix:///s?pass#=x"), "the fragment cuts the key");
+        assert!(has_password("unix:/s?pass\0"), "trailing controls are trimmed");
         assert_eq!(redact_url("redis+uni\tx:///s?p\tass=x"), "redis+uni\tx:///s?p\tass=****");
         assert_eq!(redact_url("redis:/\t/:pw@h"), "redis:/\t/:****@h");
         assert_eq!(redact_url("redis+unix:///s?db=0&pass&x=1"), "redis+unix:///s?db=0&pass&x=1");
