@@ -11,7 +11,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   step "Installing cargo-fuzz (once)"
   cargo install --locked --quiet cargo-fuzz
 fi
-for target in key_template encoder; do
+for target in key_template encoder redact; do
   step "Fuzzing $target for $RUNS runs"
   cargo fuzz run --sanitizer none "$target" -- -runs="$RUNS" -max_len=512 2>&1 | tail -3
 done

@@ -186,7 +186,7 @@ fn watch(deadline: Instant, slot: &Arc<Slot>) {
 
 pub fn start() {
     STOP.store(false, Ordering::Release);
-    match std::thread::Builder::new().name("redis_pg-deadlines".into()).spawn(run_deadlines) {
+    match std::thread::Builder::new().name("redis_pg-deadlines".into()).spawn(|| guard::thread_body("the deadline thread", run_deadlines)) {
         Ok(t) => *THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
         Err(e) => guard::log_warning(&format!("cannot start the deadline thread: {e}")),
     }

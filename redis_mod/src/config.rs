@@ -2,6 +2,7 @@
 //! `CONFIG SET redis_pg.<name>`. The PostgreSQL password is never shown: `CONFIG GET` and INFO
 //! print the URL with `****` in its place.
 
+use crate::pg_target::{self, carries_password};
 use pg_redis_shared::redact::redact_url;
 use redis_module::configuration::{self as cfg, ConfigurationContext, ConfigurationFlags};
 use redis_module::{raw, Context};
@@ -19,35 +20,48 @@ pub static TTL_JITTER_PCT: AtomicI64 = AtomicI64::new(10);
 /// When off, misses answer nil without asking PostgreSQL (the cache alone serves).
 pub static READ_THROUGH: AtomicBool = AtomicBool::new(true);
 pub static PG_URL: PgUrl = PgUrl { url: Mutex::new(String::new()), generation: AtomicU64::new(0) };
-pub static PG_PASSWORD_FILE: PasswordFile = PasswordFile(Mutex::new(String::new()));
+pub static PG_PASSWORD_FILE: PathSetting = PathSetting { name: "pg_password_file", path: Mutex::new(String::new()) };
+/// The CA certificate (PEM) that signed PostgreSQL's, for `sslmode=verify-ca|verify-full`.
+pub static PG_SSL_CA_FILE: PathSetting = PathSetting { name: "pg_ssl_ca_file", path: Mutex::new(String::new()) };
+/// How long a pool connection may stay silent before it counts as dead (TCP keepalives and
+/// `TCP_USER_TIMEOUT`).
+pub static DEAD_PEER_TIMEOUT_MS: AtomicI64 = AtomicI64::new(5000);
 /// The database the cache lives in: the one pg_redis.url of the extension pushes to.
 pub static DB: AtomicI64 = AtomicI64::new(0);
 
-/// Path of a file holding the PostgreSQL password.
-pub struct PasswordFile(Mutex<String>);
+/// The path of a file the module reads (the password file, the CA certificate).
+pub struct PathSetting {
+    name: &'static str,
+    path: Mutex<String>,
+}
 
-impl PasswordFile {
+impl PathSetting {
     pub fn get(&self) -> String {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set_str(&self, v: &str) -> Result<(), &'static str> {
+    fn set_str(&self, v: &str) -> Result<(), String> {
         if v.contains('\0') {
-            return Err("ERR redis_pg.pg_password_file must not contain a NUL byte");
+            return Err(format!("ERR redis_pg.{} must not contain a NUL byte", self.name));
         }
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v.to_owned();
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = v.to_owned();
         Ok(())
     }
 }
 
-impl ConfigurationValue<RedisString> for PasswordFile {
+impl ConfigurationValue<RedisString> for PathSetting {
     fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
         RedisString::create(None, self.get().replace('\0', ""))
     }
 
     fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
-        let s = val.try_as_str().map_err(|_| RedisError::Str("ERR redis_pg.pg_password_file must be UTF-8"))?;
-        self.set_str(s).map_err(RedisError::Str)
+        let s = val.try_as_str().map_err(|_| RedisError::String(format!("ERR redis_pg.{} must be UTF-8", self.name)))?;
+        self.set_str(s).map_err(RedisError::String)?;
+        if self.name == "pg_ssl_ca_file" {
+            // New certificates apply to new connections: reconnect.
+            PG_URL.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 }
 
@@ -82,13 +96,13 @@ impl ConfigurationValue<RedisString> for PgUrl {
         if s.contains('\0') {
             return Err(RedisError::Str("ERR redis_pg.pg_url must not contain a NUL byte"));
         }
-        if redact_url(&s) != s {
+        if carries_password(&s) {
             // CONFIG GET shows the URL without its password, and CONFIG REWRITE would then
             // save it without one: keep passwords out of the URL altogether.
             return Err(RedisError::Str("ERR redis_pg.pg_url must not carry a password (CONFIG GET, CONFIG REWRITE and MODULE LIST would expose or lose it); use redis_pg.pg_password_file or PGPASSWORD"));
         }
         if !s.is_empty() {
-            s.parse::<postgres::Config>().map_err(|e| RedisError::String(format!("ERR redis_pg.pg_url \"{}\" is not a PostgreSQL connection string: {}", redact_url(&s), e.to_string().replace('\0', ""))))?;
+            pg_target::parse(&s).map_err(|e| RedisError::String(format!("ERR redis_pg.pg_url {}", e.replace('\0', ""))))?;
         }
         *self.url.lock().unwrap_or_else(|e| e.into_inner()) = s;
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -106,6 +120,10 @@ pub fn pool_size() -> usize {
 
 pub fn queue_max() -> usize {
     QUEUE_MAX.load(Ordering::Relaxed).max(1) as usize
+}
+
+pub fn dead_peer_timeout() -> Duration {
+    Duration::from_millis(DEAD_PEER_TIMEOUT_MS.load(Ordering::Relaxed).max(1000) as u64)
 }
 
 pub fn query_timeout() -> Duration {
@@ -143,7 +161,7 @@ pub fn password_in_args(args: &[String]) -> Option<&'static str> {
     while let Some(name) = it.next() {
         if name.eq_ignore_ascii_case("pg_url") {
             if let Some(url) = it.next() {
-                if redact_url(url) != *url {
+                if carries_password(url) {
                     return Some("pg_url");
                 }
             }
@@ -157,6 +175,7 @@ pub const INTEGERS: &[(&str, &AtomicI64, i64, i64)] = &[
     ("pool_size", &POOL_SIZE, 1, 256),
     ("queue_max", &QUEUE_MAX, 1, 1_000_000),
     ("query_timeout_ms", &QUERY_TIMEOUT_MS, 1, 600_000),
+    ("dead_peer_timeout_ms", &DEAD_PEER_TIMEOUT_MS, 1000, 600_000),
     ("default_ttl", &DEFAULT_TTL, 0, i32::MAX as i64),
     ("negative_ttl", &NEGATIVE_TTL, 0, 86_400),
     ("ttl_jitter_pct", &TTL_JITTER_PCT, 0, 100),
@@ -173,6 +192,7 @@ pub fn register(ctx: &Context, on_pool_size: Box<dyn Fn(&ConfigurationContext, &
     }
     cfg::register_string_configuration(ctx, "pg_url", &PG_URL, "", ConfigurationFlags::DEFAULT, None);
     cfg::register_string_configuration(ctx, "pg_password_file", &PG_PASSWORD_FILE, "", ConfigurationFlags::DEFAULT, None);
+    cfg::register_string_configuration(ctx, "pg_ssl_ca_file", &PG_SSL_CA_FILE, "", ConfigurationFlags::DEFAULT, None);
     cfg::register_bool_configuration(ctx, "read_through", &READ_THROUGH, true, ConfigurationFlags::DEFAULT, None);
     // SAFETY: called during OnLoad with its context, after registering.
     unsafe {
@@ -204,17 +224,18 @@ pub fn apply_load_args(args: &[String]) -> Result<(), String> {
         match name.as_str() {
             "pg_url" => {
                 if !value.is_empty() {
-                    value.parse::<postgres::Config>().map_err(|e| format!("pg_url \"{}\" is not a PostgreSQL connection string: {e}", redact_url(value)))?;
+                    pg_target::parse(value).map_err(|e| format!("pg_url {e}"))?;
                 }
                 *PG_URL.url.lock().unwrap_or_else(|e| e.into_inner()) = value.clone();
                 PG_URL.generation.fetch_add(1, Ordering::AcqRel);
             }
-            "pg_password_file" => PG_PASSWORD_FILE.set_str(value).map_err(str::to_owned)?,
+            "pg_password_file" => PG_PASSWORD_FILE.set_str(value)?,
+            "pg_ssl_ca_file" => PG_SSL_CA_FILE.set_str(value)?,
             "read_through" => {
                 READ_THROUGH.store(parse_yes_no(value).ok_or_else(|| format!("read_through must be yes or no, got \"{value}\""))?, Ordering::Relaxed);
             }
             other => {
-                let known: Vec<&str> = INTEGERS.iter().map(|(n, ..)| *n).chain(["pg_url", "pg_password_file", "read_through"]).collect();
+                let known: Vec<&str> = INTEGERS.iter().map(|(n, ..)| *n).chain(["pg_url", "pg_password_file", "pg_ssl_ca_file", "read_through"]).collect();
                 return Err(format!("unknown argument \"{other}\"; known: {}", known.join(", ")));
             }
         }
@@ -252,6 +273,8 @@ mod tests {
     #[test]
     fn passwords_in_args_are_found() {
         assert_eq!(password_in_args(&args(&["pg_url", "postgresql://u:pw@h/db"])), Some("pg_url"));
+        assert_eq!(password_in_args(&args(&["pg_url", "postgresql://u:p/w?x#y@h/db"])), Some("pg_url"));
+        assert_eq!(password_in_args(&args(&["pg_url", "dbname=passwords password=x"])), Some("pg_url"));
         assert_eq!(password_in_args(&args(&["pg_url", "postgresql://u@h/db"])), None);
     }
 }

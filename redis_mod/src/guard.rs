@@ -1,8 +1,10 @@
-//! Never crash redis-server: every entry point from Redis runs inside `catch_unwind`, and log
-//! lines are escaped (Redis formats them printf-style) before they reach the log.
+//! Never crash redis-server: every entry point from Redis (load, unload, commands, callbacks)
+//! and every thread the module starts runs inside `catch_unwind`, and log lines are escaped
+//! (Redis formats them printf-style) before they reach the log.
 
-use redis_module::{RedisError, RedisResult};
+use redis_module::{raw, RedisError, RedisResult, Status};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 /// Runs a command body; a panic becomes an error reply instead of aborting the server.
 pub fn command(f: impl FnOnce() -> RedisResult) -> RedisResult {
@@ -16,10 +18,31 @@ pub fn command(f: impl FnOnce() -> RedisResult) -> RedisResult {
     }
 }
 
+/// Runs the module's load or unload; a panic is logged and fails the step (Redis then
+/// refuses the load or keeps the module loaded) instead of unwinding into redis-server.
+pub fn lifecycle(what: &str, f: impl FnOnce() -> Status) -> Status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(status) => status,
+        Err(p) => {
+            log_warning(&format!("internal error while {what} (please report): {}", panic_message(&p)));
+            Status::Err
+        }
+    }
+}
+
 /// Runs a callback that returns nothing; a panic is logged and swallowed.
 pub fn callback(what: &str, f: impl FnOnce()) {
     if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
         log_warning(&format!("internal error in {what} (please report): {}", panic_message(&p)));
+    }
+}
+
+/// The body of a thread the module starts. A panic is logged and the body starts over after
+/// a pause, so a thread never ends silently; it ends when the body returns.
+pub fn thread_body(what: &str, body: impl Fn()) {
+    while let Err(p) = catch_unwind(AssertUnwindSafe(&body)) {
+        log_warning(&format!("internal error in {what} (please report), restarting it: {}", panic_message(&p)));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -32,10 +55,54 @@ fn escape(msg: &str) -> String {
     msg.replace('%', "%%").replace('\0', "\\0")
 }
 
+/// Whether the Redis API is there to log to (not in unit tests).
+fn can_log() -> bool {
+    // SAFETY: reading a function pointer the module API fills in at load.
+    let log = unsafe { raw::RedisModule_Log };
+    log.is_some()
+}
+
 pub fn log_notice(msg: &str) {
-    redis_module::logging::log_notice(escape(msg));
+    if can_log() {
+        redis_module::logging::log_notice(escape(msg));
+    } else {
+        eprintln!("{msg}");
+    }
 }
 
 pub fn log_warning(msg: &str) {
-    redis_module::logging::log_warning(escape(msg));
+    if can_log() {
+        redis_module::logging::log_warning(escape(msg));
+    } else {
+        eprintln!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_panic_while_loading_fails_the_load() {
+        assert!(matches!(lifecycle("loading", || panic!("boom")), Status::Err));
+        assert!(matches!(lifecycle("loading", || Status::Ok), Status::Ok));
+    }
+
+    #[test]
+    fn a_panic_in_a_command_is_an_error_reply() {
+        let r = command(|| panic!("bad {}", 1));
+        assert!(matches!(r, Err(RedisError::String(s)) if s == "ERR redis_pg internal error: bad 1"));
+    }
+
+    #[test]
+    fn a_thread_body_restarts_after_a_panic() {
+        let runs = AtomicUsize::new(0);
+        thread_body("a test thread", || {
+            if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                panic!("again");
+            }
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
 }

@@ -2,7 +2,9 @@
 //! read them through from PostgreSQL on a pool thread, so Redis's main thread never waits.
 //!
 //! - `config`: load arguments and `CONFIG SET redis_pg.*`.
-//! - `pool`: threads with their own PostgreSQL connections behind a bounded queue.
+//! - `pool`: threads with their own PostgreSQL connections behind a bounded queue;
+//!   `session`: one such connection, bounded in time; `pg_target` / `pg_tls`: where and how
+//!   it connects (URL, `sslmode`, certificates).
 //! - `blocking`: blocked clients with deadlines; every one gets an answer.
 //! - `commands`: one file per command; `command_info`: their metadata.
 //! - `guard`: no panic ever reaches redis-server.
@@ -14,8 +16,11 @@ mod commands;
 mod config;
 mod guard;
 mod mappings;
+mod pg_target;
+mod pg_tls;
 mod pool;
 mod reply;
+mod session;
 mod stats;
 
 use command_info::{Info, Keys};
@@ -89,7 +94,17 @@ const COMMANDS: &[Info] = &[
     },
 ];
 
+/// Module load (`OnLoad`), guarded: a panic fails the load instead of unwinding into Redis.
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    guard::lifecycle("loading", || load(ctx, args))
+}
+
+/// Module unload, guarded likewise.
+fn deinit(ctx: &Context) -> Status {
+    guard::lifecycle("unloading", || unload(ctx))
+}
+
+fn load(ctx: &Context, args: &[RedisString]) -> Status {
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy()).collect();
     if let Some(name) = config::password_in_args(&args) {
         guard::log_warning(&format!(
@@ -118,7 +133,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     Status::Ok
 }
 
-fn deinit(_ctx: &Context) -> Status {
+fn unload(_ctx: &Context) -> Status {
     match pool::shutdown() {
         Ok(()) => {
             mappings::stop();

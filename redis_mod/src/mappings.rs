@@ -103,7 +103,7 @@ pub fn load_with(session: &mut Session) -> Result<usize, Error> {
 pub fn start() {
     STOP.store(false, Ordering::Release);
     request_reload();
-    match std::thread::Builder::new().name("redis_pg-mappings".into()).spawn(run) {
+    match std::thread::Builder::new().name("redis_pg-mappings".into()).spawn(|| guard::thread_body("the mapping loader", run)) {
         Ok(t) => *THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
         Err(e) => guard::log_warning(&format!("cannot start the mapping loader: {e}")),
     }

@@ -71,6 +71,8 @@ pub struct Stats {
     pub pg_errors: Counter,
     pub timeouts: Counter,
     pub busy: Counter,
+    /// Reads run again on a new connection after their pooled one was found dead.
+    pub pg_reconnects: Counter,
     pub fill_latency: Latency,
     /// Time PostgreSQL took to answer a read (on the pool thread).
     pub query_latency: Latency,
@@ -79,7 +81,7 @@ pub struct Stats {
 impl Stats {
     /// Back to zero (module unload: the next load starts fresh).
     pub fn reset(&self) {
-        for c in [&self.hits, &self.misses, &self.fills, &self.negative_hits, &self.joined_misses, &self.stale_fills_refused, &self.pg_queries, &self.pg_errors, &self.timeouts, &self.busy] {
+        for c in [&self.hits, &self.misses, &self.fills, &self.negative_hits, &self.joined_misses, &self.stale_fills_refused, &self.pg_queries, &self.pg_errors, &self.timeouts, &self.busy, &self.pg_reconnects] {
             c.reset();
         }
         self.fill_latency.reset();
@@ -98,6 +100,7 @@ pub static STATS: Stats = Stats {
     pg_errors: Counter::new(),
     timeouts: Counter::new(),
     busy: Counter::new(),
+    pg_reconnects: Counter::new(),
     fill_latency: Latency::new(),
     query_latency: Latency::new(),
 };

@@ -20,6 +20,7 @@ pub fn counters() -> Vec<(&'static str, u64)> {
         ("pg_errors", STATS.pg_errors.get()),
         ("timeouts", STATS.timeouts.get()),
         ("busy_refusals", STATS.busy.get()),
+        ("pg_reconnects", STATS.pg_reconnects.get()),
         ("queue_depth", pool::queue_depth() as u64),
         ("pool_size", config::pool_size() as u64),
         ("pg_connections", pool::CONNECTIONS.load(Ordering::Relaxed) as u64),

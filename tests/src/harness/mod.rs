@@ -6,6 +6,8 @@
 //! left over by a killed run) when the next run starts in the same directory. Only servers this
 //! harness started are ever signalled: it keeps their pids in its own directories.
 
+mod freeze_proxy;
+pub mod pg_tls;
 mod ports;
 mod postgres;
 mod process;
@@ -13,6 +15,7 @@ mod redis;
 
 pub use self::postgres::{bindir, major_version, pg_config, PgConfig, Postgres};
 pub use self::redis::{Redis, RedisConfig};
+pub use freeze_proxy::FreezeProxy;
 pub use ports::free_port;
 pub use process::{install_signal_cleanup, is_our_server, run_root, stop_pid, workspace_root};
 
