@@ -150,7 +150,7 @@ fn peak_rss_kb(pid: i32) -> u64 {
 
 #[test]
 fn large_rows_are_delivered_in_bounded_memory() {
-    let mut env = Env::with(Options { pg_settings: vec![("default_toast_compression".into(), "lz4".into()), ("pg_redis.stream_maxlen".into(), "10".into())], ..Options::named("cons_large_rows") });
+    let mut env = Env::with(Options { pg_settings: vec![("pg_redis.stream_maxlen".into(), "10".into())], ..Options::named("cons_large_rows") });
     env.sql("CREATE TABLE big (id int PRIMARY KEY, body text); INSERT INTO big SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 1000) g");
     env.sql("SELECT redis.sync_table('big', stream => false)");
     env.wait_synced();
@@ -168,7 +168,7 @@ fn large_rows_are_delivered_in_bounded_memory() {
 
 #[test]
 fn backfill_of_very_large_rows_succeeds() {
-    let mut env = Env::with(Options { pg_settings: vec![("default_toast_compression".into(), "lz4".into())], ..Options::named("cons_backfill_large") });
+    let mut env = Env::start("cons_backfill_large");
     // Nowhere to deliver: this is about the backfill in the caller's backend.
     env.sql("ALTER SYSTEM SET pg_redis.url = 'redis://127.0.0.1:1'");
     env.sql("SELECT pg_reload_conf()");
