@@ -20,6 +20,20 @@ const MASK: &str = "****";
 /// `unix:/path?pass=secret`) or of a libpq key/value string (`password=secret`) with `****`.
 /// Anything else is returned unchanged.
 pub fn redact_url(s: &str) -> String {
+    // Masking can join what a separator kept apart (`?pass==:&@` hides `=:&` as one span, and
+    // `****@` then reads as the password), so redact again until the text reads only masks.
+    let mut text = redact_once(s);
+    for _ in 0..4 {
+        let again = redact_once(&text);
+        if again == text {
+            break;
+        }
+        text = again;
+    }
+    text
+}
+
+fn redact_once(s: &str) -> String {
     let spans = secret_spans(s);
     let mut out = String::with_capacity(s.len());
     let mut at = 0;
@@ -280,6 +294,8 @@ mod tests {
         assert_eq!(redact_url("redis+uni\tx:///s?p\tass=x"), "redis+uni\tx:///s?p\tass=****");
         assert_eq!(redact_url("redis:/\t/:pw@h"), "redis:/\t/:****@h");
         assert_eq!(redact_url("redis+unix:///s?db=0&pass&x=1"), "redis+unix:///s?db=0&pass&x=1");
+        // A URL password's span and a query password's span meet: the mask stands alone.
+        assert_eq!(redact_url("redis+unix:///s?pass==:&@&&"), "redis+unix:///s?pass=****&&");
     }
 
     #[test]

@@ -137,6 +137,19 @@ proptest! {
             check(&s, redis_password, false);
         }
     }
+
+    /// Separators and password keys in any order after every scheme's opening: where the
+    /// masks of one rule and another meet, the redacted text still reads as masks only.
+    #[test]
+    fn separator_soup(tokens in proptest::collection::vec(prop_oneof![
+                          Just(":"), Just("/"), Just("?"), Just("&"), Just("="), Just("@"), Just("#"), Just("%70"), Just("+"),
+                          Just("\t"), Just(" "), Just("pass"), Just("password"), Just("Q"), Just("x")], 1..10),
+                      prefix in prop_oneof![Just("unix:"), Just("unix:///s"), Just("redis+unix:///s?"), Just("redis+unix://"),
+                          Just("redis://"), Just("postgresql://"), Just("unix:/s?")]) {
+        let s = format!("{prefix}{}", tokens.concat());
+        check(&s, postgres_password, false);
+        check(&s, redis_password, false);
+    }
 }
 
 /// A key/value password, written as libpq wants it: quoted (with `\'` and `\\`) or plain
