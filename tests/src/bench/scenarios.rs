@@ -39,22 +39,41 @@ pub fn run_all(quick: bool) -> Vec<Row> {
     let mut env = Env::with(opts);
     let scale = if quick { 10 } else { 1 };
     let mut rows = Vec::new();
-    eprintln!("cache hit: PG.GET vs GET");
-    rows.extend(cache_hit(&mut env, scale));
-    eprintln!("read-through miss latency: PG.GET vs the same prepared SELECT");
-    rows.push(miss_latency(&mut env, scale));
-    eprintln!("write overhead: pgbench single-row UPDATE, synced vs unsynced");
-    rows.push(write_overhead(&mut env, scale));
-    eprintln!("propagation latency at 2000 commits/s");
-    rows.push(propagation(&mut env, scale));
-    eprintln!("drain throughput of a 100 000-event backlog");
-    rows.push(drain(&mut env, scale));
-    eprintln!("backfill of 1 000 000 rows");
-    rows.push(backfill(&mut env, scale));
-    eprintln!("memory per cached row vs plain SET");
-    rows.push(memory(&mut env, scale));
-    eprintln!("SQL round trips: SELECT redis.get(...) vs redis-benchmark -c 1 GET");
-    rows.extend(sql_round_trips(&mut env, scale));
+    // PG_REDIS_BENCH_ONLY=drain,backfill runs only the named scenarios (when chasing one figure).
+    let only: Option<Vec<String>> = std::env::var("PG_REDIS_BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
+    if wanted("hit") {
+        eprintln!("cache hit: PG.GET vs GET");
+        rows.extend(cache_hit(&mut env, scale));
+    }
+    if wanted("miss") {
+        eprintln!("read-through miss latency: PG.GET vs the same prepared SELECT");
+        rows.push(miss_latency(&mut env, scale));
+    }
+    if wanted("write") {
+        eprintln!("write overhead: pgbench single-row UPDATE, synced vs unsynced");
+        rows.push(write_overhead(&mut env, scale));
+    }
+    if wanted("propagation") {
+        eprintln!("propagation latency at 2000 commits/s");
+        rows.push(propagation(&mut env, scale));
+    }
+    if wanted("drain") {
+        eprintln!("drain throughput of a 100 000-event backlog");
+        rows.push(drain(&mut env, scale));
+    }
+    if wanted("backfill") {
+        eprintln!("backfill of 1 000 000 rows");
+        rows.push(backfill(&mut env, scale));
+    }
+    if wanted("memory") {
+        eprintln!("memory per cached row vs plain SET");
+        rows.push(memory(&mut env, scale));
+    }
+    if wanted("sql") {
+        eprintln!("SQL round trips: SELECT redis.get(...) vs redis-benchmark -c 1 GET");
+        rows.extend(sql_round_trips(&mut env, scale));
+    }
     rows
 }
 
