@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PG ?= 15
 export PG
 
-.PHONY: setup demo test stop bench chaos
+.PHONY: setup demo test lint stop bench chaos
 
 setup:
 	@scripts/setup.sh
@@ -15,6 +15,9 @@ demo: setup
 
 test: setup
 	@scripts/test.sh
+
+lint: setup
+	@scripts/lint.sh
 
 stop:
 	@target/release/pg_redis_dev down demo

@@ -15,6 +15,18 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 timed() { local t0=$SECONDS; "$@"; printf '    (%ss)\n' $((SECONDS - t0)); }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# rust-toolchain.toml pins a release. rustup would download it even when the machine's stable
+# toolchain is that very release (and rustup refuses to link a toolchain under a release's name),
+# so name the stable one so when the versions agree.
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+host=$(rustc +stable -vV 2>/dev/null | sed -n 's/^host: //p' || true)
+if [ -n "$host" ] && [ ! -e "$rustup_home/toolchains/$toolchain-$host" ] \
+   && [ "$(rustc +stable --version 2>/dev/null | cut -d' ' -f2)" = "$toolchain" ]; then
+  step "Rust $toolchain: the stable toolchain is that release, naming it so"
+  ln -s "$rustup_home/toolchains/stable-$host" "$rustup_home/toolchains/$toolchain-$host"
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

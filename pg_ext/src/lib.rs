@@ -4,6 +4,10 @@
 //! - `worker`: a background worker per database drains the outbox into Redis.
 //! - `api`: the SQL surface (schema `redis`).
 
+// An FFI crate: every unsafe block says why it is sound, and no index may panic inside a host
+// process unless a comment proves it in bounds.
+#![warn(clippy::undocumented_unsafe_blocks, clippy::indexing_slicing)]
+
 use pgrx::prelude::*;
 
 mod api;
