@@ -43,7 +43,11 @@ enum Identity {
     Same,
     /// A copy: the name and oid of the database it was copied from, and whether the cluster
     /// changed too.
-    Copied { from: String, from_oid: u32, other_cluster: bool },
+    Copied {
+        from: String,
+        from_oid: u32,
+        other_cluster: bool,
+    },
     /// No extension (dropped meanwhile).
     Gone,
 }
@@ -56,7 +60,11 @@ pub fn hold_while_copied(dboid: pg_sys::Oid) -> Hold {
             Some(Identity::Same) => return if announced { Hold::Restart } else { Hold::Deliver },
             // The check itself failed (logged): hold rather than risk writing another
             // database's keys, and check again.
-            None => registry::set_state(dboid, WorkerState::Paused, Some("pg_redis could not check whether this database is a copy; see the server log")),
+            None => registry::set_state(
+                dboid,
+                WorkerState::Paused,
+                Some("pg_redis could not check whether this database is a copy; see the server log"),
+            ),
             Some(Identity::Gone) => return Hold::Stop,
             Some(Identity::Copied { from, from_oid, other_cluster }) => {
                 if !announced {
@@ -79,7 +87,12 @@ pub fn hold_while_copied(dboid: pg_sys::Oid) -> Hold {
 }
 
 fn check() -> Identity {
-    let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_redis')").ok().flatten().unwrap_or(false);
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_redis')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
     if !installed {
         return Identity::Gone;
     }
@@ -87,7 +100,13 @@ fn check() -> Identity {
         c.select("SELECT database_oid, database_name::text, system_identifier FROM redis.identity", None, &[])
             .unwrap_or_report()
             .next()
-            .map(|r| (r.get::<pg_sys::Oid>(1).ok().flatten(), r.get::<String>(2).ok().flatten(), r.get::<i64>(3).ok().flatten()))
+            .map(|r| {
+                (
+                    r.get::<pg_sys::Oid>(1).ok().flatten(),
+                    r.get::<String>(2).ok().flatten(),
+                    r.get::<i64>(3).ok().flatten(),
+                )
+            })
     });
     let (me, cluster) = here();
     match row {
@@ -107,17 +126,24 @@ fn check() -> Identity {
                 record_identity();
                 Identity::Same
             } else {
-                Identity::Copied { from: name.unwrap_or_default(), from_oid: oid.map(|o| o.to_u32()).unwrap_or(0), other_cluster }
+                Identity::Copied {
+                    from: name.unwrap_or_default(),
+                    from_oid: oid.map(|o| o.to_u32()).unwrap_or(0),
+                    other_cluster,
+                }
             }
         }
     }
 }
 
 fn is_template_database(oid: pg_sys::Oid) -> bool {
-    Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE oid OPERATOR(pg_catalog.=) $1 AND datistemplate)", &[oid.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE oid OPERATOR(pg_catalog.=) $1 AND datistemplate)",
+        &[oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// This database's oid and the cluster's system identifier (as the signed bigint SQL shows).
@@ -156,7 +182,9 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
             // SAFETY: the failed transaction must be aborted before the next one starts.
             unsafe { pg_sys::AbortCurrentTransaction() };
             let msg = match &e {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
             };
             log!("pg_redis: checking whether this database is a copy failed: {msg}");
             None
@@ -185,7 +213,9 @@ fn adopt_copy(purge_outbox: default!(Option<bool>, "false")) -> i64 {
     }
     record_identity();
     let purged = if purge_outbox.unwrap_or(false) {
-        Spi::get_one::<i64>("WITH gone AS (DELETE FROM redis.outbox RETURNING 1) SELECT pg_catalog.count(*) FROM gone").unwrap_or_report().unwrap_or(0)
+        Spi::get_one::<i64>("WITH gone AS (DELETE FROM redis.outbox RETURNING 1) SELECT pg_catalog.count(*) FROM gone")
+            .unwrap_or_report()
+            .unwrap_or(0)
     } else {
         0
     };

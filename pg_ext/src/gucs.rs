@@ -148,7 +148,8 @@ pub fn batch_max_bytes() -> usize {
 
 // ---- What roles other than superusers may send to Redis from SQL (see api/privileges.rs) ----
 
-pub static SQL_COMMAND_POLICY: GucSetting<SqlCommandPolicy> = GucSetting::<SqlCommandPolicy>::new(SqlCommandPolicy::Restricted);
+pub static SQL_COMMAND_POLICY: GucSetting<SqlCommandPolicy> =
+    GucSetting::<SqlCommandPolicy>::new(SqlCommandPolicy::Restricted);
 pub static SQL_ALLOWED_COMMANDS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, pgrx::guc::PostgresGucEnum)]

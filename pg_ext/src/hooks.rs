@@ -98,7 +98,10 @@ unsafe fn stop_colliding_worker(pstmt: *mut pg_sys::PlannedStmt) -> Option<pg_sy
                 if !list.is_null() {
                     for i in 0..(*list).length as usize {
                         let def = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
-                        if !def.is_null() && CStr::from_ptr((*def).defname).to_bytes() == b"template" && !(*def).arg.is_null() {
+                        if !def.is_null()
+                            && CStr::from_ptr((*def).defname).to_bytes() == b"template"
+                            && !(*def).arg.is_null()
+                        {
                             let name = pg_sys::defGetString(def);
                             stopped = stop(CStr::from_ptr(name));
                         }

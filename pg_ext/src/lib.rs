@@ -55,7 +55,9 @@ mod tests {
 
     #[pg_test]
     fn url_is_superuser_only() {
-        let flags = Spi::get_one::<String>("SELECT array_to_string(ARRAY[context], ',') FROM pg_settings WHERE name = 'pg_redis.url'");
+        let flags = Spi::get_one::<String>(
+            "SELECT array_to_string(ARRAY[context], ',') FROM pg_settings WHERE name = 'pg_redis.url'",
+        );
         assert_eq!(flags, Ok(Some("superuser".to_string())));
     }
 }

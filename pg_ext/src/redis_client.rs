@@ -27,7 +27,12 @@ pub struct Target {
 
 impl Target {
     pub fn from_settings() -> Target {
-        Target { url: gucs::redis_url(), tls_ca_file: gucs::tls_ca_file(), connect_timeout: gucs::connect_timeout(), command_timeout: gucs::command_timeout() }
+        Target {
+            url: gucs::redis_url(),
+            tls_ca_file: gucs::tls_ca_file(),
+            connect_timeout: gucs::connect_timeout(),
+            command_timeout: gucs::command_timeout(),
+        }
     }
 
     /// Whether a connection opened for `self` can serve `other` (timeouts are set per call).
@@ -45,14 +50,16 @@ pub fn connect(t: &Target, resp3: bool) -> Result<redis::Connection, Error> {
     if url.starts_with("rediss://") {
         install_tls_provider();
     }
-    let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| Error::invalid_value("pg_redis.url", format_args!("\"{}\"", redact_url(url)), e))?;
+    let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| Error::invalid_value("pg_redis.url", format_args!("\"{}\"", redact_url(url)), e))?;
     if resp3 {
         let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         info = info.set_redis_settings(settings);
     }
     let client = match (&t.tls_ca_file, url.starts_with("rediss://")) {
         (Some(ca), true) => {
-            let root = std::fs::read(ca).map_err(|e| Error::invalid_value("pg_redis.tls_ca_file", format_args!("\"{ca}\""), e))?;
+            let root = std::fs::read(ca)
+                .map_err(|e| Error::invalid_value("pg_redis.tls_ca_file", format_args!("\"{ca}\""), e))?;
             redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(root) })
         }
         _ => redis::Client::open(info),
@@ -113,8 +120,10 @@ impl Executor {
     fn start() -> Result<Executor, Error> {
         let (req_tx, req_rx) = mpsc::channel::<Request>();
         let (resp_tx, resp_rx) = mpsc::channel::<Response>();
-        crate::threads::spawn("pg_redis client", move || serve(req_rx, resp_tx))
-            .map_err(|e| Error::Unavailable { server: "Redis", reason: format!("cannot start the client thread: {e}") })?;
+        crate::threads::spawn("pg_redis client", move || serve(req_rx, resp_tx)).map_err(|e| Error::Unavailable {
+            server: "Redis",
+            reason: format!("cannot start the client thread: {e}"),
+        })?;
         Ok(Executor { requests: req_tx, responses: resp_rx, next_id: 0 })
     }
 }
@@ -155,7 +164,9 @@ thread_local! {
 /// Runs `f` on this backend's Redis connection and returns its result. A query cancel or
 /// `statement_timeout` while waiting raises the usual ERROR at once (the connection is then
 /// abandoned and a new one opened by the next call).
-pub fn call<T: Send + 'static>(f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T> + Send + 'static) -> Result<T, Error> {
+pub fn call<T: Send + 'static>(
+    f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T> + Send + 'static,
+) -> Result<T, Error> {
     let target = Target::from_settings();
     let (connect_timeout, command_timeout) = (target.connect_timeout, target.command_timeout);
     let mut exec = match BACKEND.with_borrow_mut(Option::take) {
@@ -189,10 +200,15 @@ pub fn call<T: Send + 'static>(f: impl FnOnce(&mut redis::Connection) -> redis::
                 // Other interrupts (catch-up, barriers) are served and the wait goes on.
                 check_for_interrupts!();
                 if Instant::now() > give_up {
-                    return Err(Error::Timeout { what: "Redis did not answer".into(), ms: command_timeout.as_millis() as u64 });
+                    return Err(Error::Timeout {
+                        what: "Redis did not answer".into(),
+                        ms: command_timeout.as_millis() as u64,
+                    });
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Unavailable { server: "Redis", reason: "the client thread stopped".into() }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Unavailable { server: "Redis", reason: "the client thread stopped".into() })
+            }
         }
     }
 }

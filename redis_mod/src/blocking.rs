@@ -70,7 +70,9 @@ pub fn may_block(ctx: &Context) -> bool {
 pub fn block(ctx: &Context) -> Result<Blocked, RedisError> {
     // SAFETY: called from a command handler with its context; the callbacks are ours.
     let bc = unsafe {
-        let Some(block) = raw::RedisModule_BlockClient else { return Err(RedisError::Str("ERR this Redis cannot block module clients")) };
+        let Some(block) = raw::RedisModule_BlockClient else {
+            return Err(RedisError::Str("ERR this Redis cannot block module clients"));
+        };
         block(ctx.ctx, Some(on_reply), None, Some(on_free), 0)
     };
     if bc.is_null() {
@@ -95,7 +97,12 @@ impl Blocked {
 impl Drop for Blocked {
     fn drop(&mut self) {
         if let Some(h) = self.slot.take() {
-            unblock(h, Completion::error(RedisError::Str("ERR redis_pg internal error: the request was dropped without an answer")));
+            unblock(
+                h,
+                Completion::error(RedisError::Str(
+                    "ERR redis_pg internal error: the request was dropped without an answer",
+                )),
+            );
         }
     }
 }
@@ -111,10 +118,15 @@ fn unblock(h: Handle, completion: Completion) {
     }
 }
 
-unsafe extern "C" fn on_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+unsafe extern "C" fn on_reply(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
     let ctx = Context::new(ctx);
     // SAFETY: the private data is the Completion boxed in `unblock`; on_free frees it later.
-    let pd = unsafe { raw::RedisModule_GetBlockedClientPrivateData.map(|f| f(ctx.ctx)) }.unwrap_or(std::ptr::null_mut()) as *mut Completion;
+    let pd = unsafe { raw::RedisModule_GetBlockedClientPrivateData.map(|f| f(ctx.ctx)) }.unwrap_or(std::ptr::null_mut())
+        as *mut Completion;
     let result = if pd.is_null() {
         Err(RedisError::Str("ERR redis_pg internal error: no result"))
     } else {
@@ -122,7 +134,10 @@ unsafe extern "C" fn on_reply(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut ra
         let completion = unsafe { &mut *pd };
         let effect = completion.effect.take();
         completion.abandon = None;
-        let reply = std::mem::replace(&mut completion.reply, Box::new(|_| Err(RedisError::Str("ERR redis_pg internal error: answered twice"))));
+        let reply = std::mem::replace(
+            &mut completion.reply,
+            Box::new(|_| Err(RedisError::Str("ERR redis_pg internal error: answered twice"))),
+        );
         guard::command(|| {
             if let Some(effect) = effect {
                 effect(&ctx);
@@ -186,7 +201,10 @@ fn watch(deadline: Instant, slot: &Arc<Slot>) {
 
 pub fn start() {
     STOP.store(false, Ordering::Release);
-    match std::thread::Builder::new().name("redis_pg-deadlines".into()).spawn(|| guard::thread_body("the deadline thread", run_deadlines)) {
+    match std::thread::Builder::new()
+        .name("redis_pg-deadlines".into())
+        .spawn(|| guard::thread_body("the deadline thread", run_deadlines))
+    {
         Ok(t) => *THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
         Err(e) => guard::log_warning(&format!("cannot start the deadline thread: {e}")),
     }
@@ -222,14 +240,18 @@ fn run_deadlines() {
             for slot in expired {
                 if let Some(h) = slot.0.upgrade().and_then(|s| s.take()) {
                     STATS.timeouts.inc();
-                    let msg = format!("TIMEOUT PostgreSQL did not answer within {} ms (redis_pg.query_timeout_ms)", config::query_timeout().as_millis());
+                    let msg = format!(
+                        "TIMEOUT PostgreSQL did not answer within {} ms (redis_pg.query_timeout_ms)",
+                        config::query_timeout().as_millis()
+                    );
                     unblock(h, Completion::error(RedisError::String(msg)));
                 }
             }
             heap = DEADLINES.heap.lock().unwrap_or_else(|e| e.into_inner());
             continue;
         }
-        let wait = heap.peek().map(|Reverse((d, ..))| d.saturating_duration_since(now)).unwrap_or(Duration::from_secs(1));
+        let wait =
+            heap.peek().map(|Reverse((d, ..))| d.saturating_duration_since(now)).unwrap_or(Duration::from_secs(1));
         heap = DEADLINES.changed.wait_timeout(heap, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
     }
 }

@@ -286,10 +286,26 @@ pub struct Fill {
 }
 
 impl Fill {
-    pub fn new(key: Vec<u8>, token: u64, value: Option<(String, Encoded)>, ttl: Option<u64>, started: Instant, waiters: usize) -> Arc<Fill> {
+    pub fn new(
+        key: Vec<u8>,
+        token: u64,
+        value: Option<(String, Encoded)>,
+        ttl: Option<u64>,
+        started: Instant,
+        waiters: usize,
+    ) -> Arc<Fill> {
         let store = value.as_ref().is_none_or(|(k, _)| k.as_bytes() == key.as_slice());
         let value = value.map(|(_, v)| v);
-        Arc::new(Fill { key, token, store, value, ttl, started, done: AtomicBool::new(false), pending: AtomicUsize::new(waiters.max(1)) })
+        Arc::new(Fill {
+            key,
+            token,
+            store,
+            value,
+            ttl,
+            started,
+            done: AtomicBool::new(false),
+            pending: AtomicUsize::new(waiters.max(1)),
+        })
     }
 
     /// Stores the row (main thread), once, if the lease is still live.
@@ -381,7 +397,11 @@ fn random_u64() -> u64 {
     static STATE: AtomicU64 = AtomicU64::new(0);
     let mut x = STATE.load(Ordering::Relaxed);
     if x == 0 {
-        x = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(88172645463325252) | 1;
+        x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(88172645463325252)
+            | 1;
     }
     x ^= x << 13;
     x ^= x >> 7;

@@ -30,11 +30,22 @@ pub struct Info {
 }
 
 /// Registers a command whose handler takes Redis's raw arguments (the hot path of PG.GET).
-pub fn create_raw(ctx: &Context, name: &str, handler: extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int, flags: &str, first: i32, last: i32, step: i32) -> bool {
+pub fn create_raw(
+    ctx: &Context,
+    name: &str,
+    handler: extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int,
+    flags: &str,
+    first: i32,
+    last: i32,
+    step: i32,
+) -> bool {
     let (Ok(cname), Ok(cflags)) = (CString::new(name), CString::new(flags)) else { return false };
     // SAFETY: called during OnLoad with the load context; Redis copies the strings.
     let ok = unsafe {
-        raw::RedisModule_CreateCommand.is_some_and(|create| create(ctx.ctx, cname.as_ptr(), Some(handler), cflags.as_ptr(), first, last, step) == raw::REDISMODULE_OK as c_int)
+        raw::RedisModule_CreateCommand.is_some_and(|create| {
+            create(ctx.ctx, cname.as_ptr(), Some(handler), cflags.as_ptr(), first, last, step)
+                == raw::REDISMODULE_OK as c_int
+        })
     };
     if !ok {
         guard::log_warning(&format!("could not create command {name}"));
@@ -52,7 +63,9 @@ pub fn add_category(ctx: &Context) -> bool {
                 Err(_) => false,
             },
             None => {
-                guard::log_notice("this Redis has no module ACL categories (7.4+): restrict PG.* commands by name in ACL rules");
+                guard::log_notice(
+                    "this Redis has no module ACL categories (7.4+): restrict PG.* commands by name in ACL rules",
+                );
                 false
             }
         }
@@ -63,7 +76,9 @@ pub fn add_category(ctx: &Context) -> bool {
 pub fn apply(ctx: &Context, info: &Info, with_category: bool) {
     // SAFETY: called during OnLoad; the strings and key specs outlive the call (Redis copies).
     unsafe {
-        let (Some(get_cmd), Some(set_info)) = (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandInfo) else { return };
+        let (Some(get_cmd), Some(set_info)) = (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandInfo) else {
+            return;
+        };
         let Ok(cname) = CString::new(info.name) else { return };
         let cmd = get_cmd(ctx.ctx, cname.as_ptr());
         if cmd.is_null() {
@@ -77,11 +92,25 @@ pub fn apply(ctx: &Context, info: &Info, with_category: bool) {
         };
         let specs = match info.keys {
             Keys::None => vec![],
-            Keys::First => vec![KeySpec::new(None, KeySpecFlags::from_bits_truncate(info.key_flags.bits()), BeginSearch::new_index(1), FindKeys::new_range(0, 1, 0))],
-            Keys::All => vec![KeySpec::new(None, KeySpecFlags::from_bits_truncate(info.key_flags.bits()), BeginSearch::new_index(1), FindKeys::new_range(-1, 1, 0))],
+            Keys::First => vec![KeySpec::new(
+                None,
+                KeySpecFlags::from_bits_truncate(info.key_flags.bits()),
+                BeginSearch::new_index(1),
+                FindKeys::new_range(0, 1, 0),
+            )],
+            Keys::All => vec![KeySpec::new(
+                None,
+                KeySpecFlags::from_bits_truncate(info.key_flags.bits()),
+                BeginSearch::new_index(1),
+                FindKeys::new_range(-1, 1, 0),
+            )],
         };
         let key_specs = get_redis_key_spec(specs);
-        let (Ok(summary), Ok(complexity), Ok(since)) = (CString::new(info.summary), CString::new(info.complexity), CString::new(env!("CARGO_PKG_VERSION"))) else { return };
+        let (Ok(summary), Ok(complexity), Ok(since)) =
+            (CString::new(info.summary), CString::new(info.complexity), CString::new(env!("CARGO_PKG_VERSION")))
+        else {
+            return;
+        };
         let mut ci = raw::RedisModuleCommandInfo {
             version: &VERSION,
             summary: summary.as_ptr(),
@@ -90,14 +119,22 @@ pub fn apply(ctx: &Context, info: &Info, with_category: bool) {
             history: std::ptr::null_mut(),
             tips: std::ptr::null(),
             arity: info.arity,
-            key_specs: if matches!(info.keys, Keys::None) { std::ptr::null_mut() } else { key_specs.as_ptr() as *mut _ },
+            key_specs: if matches!(info.keys, Keys::None) {
+                std::ptr::null_mut()
+            } else {
+                key_specs.as_ptr() as *mut _
+            },
             args: std::ptr::null_mut(),
         };
         if set_info(cmd, &mut ci) != raw::REDISMODULE_OK as c_int {
             guard::log_warning(&format!("could not set command info of {}", info.name));
         }
         if let Some(set_categories) = raw::RedisModule_SetCommandACLCategories {
-            let cats = if with_category { format!("{} {}", info.categories, ACL_CATEGORY) } else { info.categories.to_owned() };
+            let cats = if with_category {
+                format!("{} {}", info.categories, ACL_CATEGORY)
+            } else {
+                info.categories.to_owned()
+            };
             if let Ok(c) = CString::new(cats.trim()) {
                 set_categories(cmd, c.as_ptr());
             }

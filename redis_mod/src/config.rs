@@ -55,7 +55,8 @@ impl ConfigurationValue<RedisString> for PathSetting {
     }
 
     fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
-        let s = val.try_as_str().map_err(|_| RedisError::String(format!("ERR redis_pg.{} must be UTF-8", self.name)))?;
+        let s =
+            val.try_as_str().map_err(|_| RedisError::String(format!("ERR redis_pg.{} must be UTF-8", self.name)))?;
         self.set_str(s).map_err(RedisError::String)?;
         if self.name == "pg_ssl_ca_file" {
             // New certificates apply to new connections: reconnect.
@@ -102,7 +103,8 @@ impl ConfigurationValue<RedisString> for PgUrl {
             return Err(RedisError::Str("ERR redis_pg.pg_url must not carry a password (CONFIG GET, CONFIG REWRITE and MODULE LIST would expose or lose it); use redis_pg.pg_password_file or PGPASSWORD"));
         }
         if !s.is_empty() {
-            pg_target::parse(&s).map_err(|e| RedisError::String(format!("ERR redis_pg.pg_url {}", e.replace('\0', ""))))?;
+            pg_target::parse(&s)
+                .map_err(|e| RedisError::String(format!("ERR redis_pg.pg_url {}", e.replace('\0', ""))))?;
         }
         *self.url.lock().unwrap_or_else(|e| e.into_inner()) = s;
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -191,7 +193,14 @@ pub fn register(ctx: &Context, on_pool_size: Box<dyn Fn(&ConfigurationContext, &
         cfg::register_i64_configuration(ctx, name, *v, default, *min, *max, ConfigurationFlags::DEFAULT, cb);
     }
     cfg::register_string_configuration(ctx, "pg_url", &PG_URL, "", ConfigurationFlags::DEFAULT, None);
-    cfg::register_string_configuration(ctx, "pg_password_file", &PG_PASSWORD_FILE, "", ConfigurationFlags::DEFAULT, None);
+    cfg::register_string_configuration(
+        ctx,
+        "pg_password_file",
+        &PG_PASSWORD_FILE,
+        "",
+        ConfigurationFlags::DEFAULT,
+        None,
+    );
     cfg::register_string_configuration(ctx, "pg_ssl_ca_file", &PG_SSL_CA_FILE, "", ConfigurationFlags::DEFAULT, None);
     cfg::register_bool_configuration(ctx, "read_through", &READ_THROUGH, true, ConfigurationFlags::DEFAULT, None);
     // SAFETY: called during OnLoad with its context, after registering.
@@ -206,7 +215,11 @@ pub fn register(ctx: &Context, on_pool_size: Box<dyn Fn(&ConfigurationContext, &
 /// the config file). Errors name the argument and what it accepts.
 pub fn apply_load_args(args: &[String]) -> Result<(), String> {
     if args.len() % 2 != 0 {
-        return Err(format!("arguments come in pairs (name value), got {}: {}", args.len(), args.iter().map(|a| redact_url(a)).collect::<Vec<_>>().join(" ")));
+        return Err(format!(
+            "arguments come in pairs (name value), got {}: {}",
+            args.len(),
+            args.iter().map(|a| redact_url(a)).collect::<Vec<_>>().join(" ")
+        ));
     }
     if args.iter().any(|a| a.contains('\0')) {
         return Err("module arguments must not contain NUL bytes".into());
@@ -232,10 +245,17 @@ pub fn apply_load_args(args: &[String]) -> Result<(), String> {
             "pg_password_file" => PG_PASSWORD_FILE.set_str(value)?,
             "pg_ssl_ca_file" => PG_SSL_CA_FILE.set_str(value)?,
             "read_through" => {
-                READ_THROUGH.store(parse_yes_no(value).ok_or_else(|| format!("read_through must be yes or no, got \"{value}\""))?, Ordering::Relaxed);
+                READ_THROUGH.store(
+                    parse_yes_no(value).ok_or_else(|| format!("read_through must be yes or no, got \"{value}\""))?,
+                    Ordering::Relaxed,
+                );
             }
             other => {
-                let known: Vec<&str> = INTEGERS.iter().map(|(n, ..)| *n).chain(["pg_url", "pg_password_file", "pg_ssl_ca_file", "read_through"]).collect();
+                let known: Vec<&str> = INTEGERS
+                    .iter()
+                    .map(|(n, ..)| *n)
+                    .chain(["pg_url", "pg_password_file", "pg_ssl_ca_file", "read_through"])
+                    .collect();
                 return Err(format!("unknown argument \"{other}\"; known: {}", known.join(", ")));
             }
         }

@@ -133,7 +133,12 @@ fn load(ctx: &Context, args: &[RedisString]) -> Status {
     blocking::start();
     pool::resize();
     mappings::start();
-    guard::log_notice(&format!("redis_pg {} loaded: PostgreSQL at {}, {} connections", env!("CARGO_PKG_VERSION"), config::PG_URL.redacted(), config::pool_size()));
+    guard::log_notice(&format!(
+        "redis_pg {} loaded: PostgreSQL at {}, {} connections",
+        env!("CARGO_PKG_VERSION"),
+        config::PG_URL.redacted(),
+        config::pool_size()
+    ));
     Status::Ok
 }
 

@@ -38,7 +38,11 @@ pub fn current() -> Result<Arc<MappingSet>, Error> {
     let why = LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Err(Error::Unavailable {
         server: "PostgreSQL",
-        reason: if why.is_empty() { "the table mappings are still loading".into() } else { format!("the table mappings could not be loaded yet: {why}") },
+        reason: if why.is_empty() {
+            "the table mappings are still loading".into()
+        } else {
+            format!("the table mappings could not be loaded yet: {why}")
+        },
     })
 }
 
@@ -103,7 +107,10 @@ pub fn load_with(session: &mut Session) -> Result<usize, Error> {
 pub fn start() {
     STOP.store(false, Ordering::Release);
     request_reload();
-    match std::thread::Builder::new().name("redis_pg-mappings".into()).spawn(|| guard::thread_body("the mapping loader", run)) {
+    match std::thread::Builder::new()
+        .name("redis_pg-mappings".into())
+        .spawn(|| guard::thread_body("the mapping loader", run))
+    {
         Ok(t) => *THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
         Err(e) => guard::log_warning(&format!("cannot start the mapping loader: {e}")),
     }

@@ -41,7 +41,8 @@ pub struct Target {
 /// handed to the client as `require` (it then insists on TLS; the verification is ours).
 pub fn parse(url: &str) -> Result<Target, String> {
     let (text, verify) = take_verify_mode(url);
-    let config: tokio_postgres::Config = text.parse().map_err(|e| format!("\"{}\" is not a PostgreSQL connection string: {e}", redact_url(url)))?;
+    let config: tokio_postgres::Config =
+        text.parse().map_err(|e| format!("\"{}\" is not a PostgreSQL connection string: {e}", redact_url(url)))?;
     let tls = match (verify, config.get_ssl_mode()) {
         (Some(mode), _) => mode,
         (None, SslMode::Disable) => TlsMode::Disable,

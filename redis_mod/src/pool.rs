@@ -42,7 +42,9 @@ pub use crate::session::{reset_health, Session, CONNECTIONS};
 pub fn submit(job: Job) -> Result<(), (Error, Job)> {
     let mut jobs = QUEUE.jobs.lock().unwrap_or_else(|e| e.into_inner());
     if jobs.len() >= config::queue_max() {
-        let e = Error::Busy { what: format!("{} requests already wait for PostgreSQL (redis_pg.queue_max); retry later", jobs.len()) };
+        let e = Error::Busy {
+            what: format!("{} requests already wait for PostgreSQL (redis_pg.queue_max); retry later", jobs.len()),
+        };
         return Err((e, job));
     }
     jobs.push_back(job);
@@ -64,7 +66,10 @@ pub fn resize() {
     STOPPING.store(false, Ordering::Release);
     while threads.len() < want {
         let index = threads.len();
-        match std::thread::Builder::new().name(format!("redis_pg-pg{index}")).spawn(move || guard::thread_body("a pool thread", || run_thread(index))) {
+        match std::thread::Builder::new()
+            .name(format!("redis_pg-pg{index}"))
+            .spawn(move || guard::thread_body("a pool thread", || run_thread(index)))
+        {
             Ok(t) => threads.push(t),
             Err(e) => {
                 guard::log_warning(&format!("cannot start pool thread {index}: {e}"));
@@ -129,13 +134,20 @@ fn run_thread(index: usize) {
                     jobs = QUEUE.jobs.lock().unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
-                jobs = QUEUE.ready.wait_timeout(jobs, Duration::from_millis(500)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                jobs = QUEUE
+                    .ready
+                    .wait_timeout(jobs, Duration::from_millis(500))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
         };
         let Job { deadline, work } = job;
         guard::callback("a PostgreSQL request", || {
             if Instant::now() >= deadline {
-                work(Err(Error::Timeout { what: "the request waited too long for a free PostgreSQL connection".into(), ms: config::query_timeout().as_millis() as u64 }));
+                work(Err(Error::Timeout {
+                    what: "the request waited too long for a free PostgreSQL connection".into(),
+                    ms: config::query_timeout().as_millis() as u64,
+                }));
             } else {
                 work(Ok(&mut session));
             }

@@ -10,7 +10,11 @@ pub fn prefix(e: &Error) -> &'static str {
         ErrorKind::Unavailable => "PGUNAVAILABLE",
         ErrorKind::Timeout => "TIMEOUT",
         ErrorKind::Busy => "BUSY",
-        ErrorKind::InvalidInput | ErrorKind::UndefinedColumn | ErrorKind::Unmapped | ErrorKind::Remote | ErrorKind::Corrupt => "ERR",
+        ErrorKind::InvalidInput
+        | ErrorKind::UndefinedColumn
+        | ErrorKind::Unmapped
+        | ErrorKind::Remote
+        | ErrorKind::Corrupt => "ERR",
     }
 }
 

@@ -16,11 +16,11 @@ use pg_redis_shared::redact::redact_url;
 use pg_redis_shared::Error;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use std::pin::Pin;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 /// Threads holding an open connection.
@@ -40,7 +40,8 @@ struct Health {
     probing: bool,
 }
 
-static HEALTH: Mutex<Health> = Mutex::new(Health { failures: 0, retry_at: None, last_error: String::new(), probing: false });
+static HEALTH: Mutex<Health> =
+    Mutex::new(Health { failures: 0, retry_at: None, last_error: String::new(), probing: false });
 
 /// Clears `probing` when the attempt ends, however it ends.
 struct Probe;
@@ -66,12 +67,20 @@ struct Link {
 }
 
 impl Link {
-    fn new<F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(client: tokio_postgres::Client, connection: F) -> Link {
+    fn new<F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(
+        client: tokio_postgres::Client,
+        connection: F,
+    ) -> Link {
         Link { client: Arc::new(client), driver: Box::pin(connection), ended: false }
     }
 
     /// Runs `work` to completion (or `limit`), moving the connection's bytes meanwhile.
-    fn drive<T>(&mut self, rt: &Runtime, limit: Duration, work: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed> {
+    fn drive<T>(
+        &mut self,
+        rt: &Runtime,
+        limit: Duration,
+        work: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed> {
         let (driver, ended) = (&mut self.driver, &mut self.ended);
         rt.block_on(async move {
             // The timer is made inside the runtime (it needs the runtime's clock).
@@ -116,7 +125,11 @@ impl From<Error> for Failure {
 impl Session {
     /// Runs a prepared (and cached) read. A connection found dead that was opened before this
     /// call is replaced and the read runs once more.
-    pub fn query(&mut self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<postgres::Row>, Error> {
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, Error> {
         let reused = self.link.is_some() && self.generation == config::PG_URL.generation();
         match self.query_once(sql, params, false) {
             Err(f) if f.broken && reused => {
@@ -127,7 +140,12 @@ impl Session {
         }
     }
 
-    fn query_once(&mut self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)], now: bool) -> Result<Vec<postgres::Row>, Failure> {
+    fn query_once(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+        now: bool,
+    ) -> Result<Vec<postgres::Row>, Failure> {
         self.ensure_link(now)?;
         let stmt = match self.statements.get(sql) {
             Some(s) => s.clone(),
@@ -160,9 +178,13 @@ impl Session {
             Ok(Err(e)) => Err(self.fail(e)),
             Err(_) => {
                 self.close();
-                let reason = format!("{}: no answer within {} ms; the connection was dropped", where_pg(), limit.as_millis());
+                let reason =
+                    format!("{}: no answer within {} ms; the connection was dropped", where_pg(), limit.as_millis());
                 note_failure(&reason);
-                Err(Failure { error: Error::Timeout { what: format!("PostgreSQL at {reason}"), ms: limit.as_millis() as u64 }, broken: false })
+                Err(Failure {
+                    error: Error::Timeout { what: format!("PostgreSQL at {reason}"), ms: limit.as_millis() as u64 },
+                    broken: false,
+                })
             }
         }
     }
@@ -171,15 +193,22 @@ impl Session {
     /// timeout. `now` skips the shared backoff (a retry after a dead pooled connection).
     fn ensure_link(&mut self, now: bool) -> Result<(), Failure> {
         let generation = config::PG_URL.generation();
-        if self.link.as_ref().is_some_and(|l| l.ended || l.client.is_closed()) || (self.link.is_some() && self.generation != generation) {
+        if self.link.as_ref().is_some_and(|l| l.ended || l.client.is_closed())
+            || (self.link.is_some() && self.generation != generation)
+        {
             self.close();
         }
         if self.runtime.is_none() {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            self.runtime = Some(rt.map_err(|e| Error::Unavailable { server: "PostgreSQL", reason: format!("cannot start the connection runtime: {e}") })?);
+            self.runtime = Some(rt.map_err(|e| Error::Unavailable {
+                server: "PostgreSQL",
+                reason: format!("cannot start the connection runtime: {e}"),
+            })?);
         }
         if self.link.is_none() {
-            let Some(rt) = self.runtime.as_ref() else { return Err(Error::Unavailable { server: "PostgreSQL", reason: "no runtime".into() }.into()) };
+            let Some(rt) = self.runtime.as_ref() else {
+                return Err(Error::Unavailable { server: "PostgreSQL", reason: "no runtime".into() }.into());
+            };
             self.link = Some(if now { connect_now(rt)? } else { connect_with_backoff(rt)? });
             CONNECTIONS.fetch_add(1, Ordering::AcqRel);
             self.generation = generation;
@@ -256,7 +285,10 @@ fn connect_with_backoff(rt: &Runtime) -> Result<Link, Error> {
         }
         if h.failures > 0 {
             if h.probing {
-                return Err(Error::Unavailable { server: "PostgreSQL", reason: format!("{} (a connection attempt is under way)", h.last_error) });
+                return Err(Error::Unavailable {
+                    server: "PostgreSQL",
+                    reason: format!("{} (a connection attempt is under way)", h.last_error),
+                });
             }
             h.probing = true;
             Some(Probe)
@@ -314,7 +346,9 @@ fn connect(rt: &Runtime) -> Result<Link, Error> {
     let unavailable = |reason: String| Error::Unavailable { server: "PostgreSQL", reason };
     let url = config::PG_URL.get();
     if url.is_empty() {
-        return Err(unavailable("redis_pg.pg_url is not set (CONFIG SET redis_pg.pg_url postgresql://user@host:port/db)".into()));
+        return Err(unavailable(
+            "redis_pg.pg_url is not set (CONFIG SET redis_pg.pg_url postgresql://user@host:port/db)".into(),
+        ));
     }
     let target = pg_target::parse(&url).map_err(|e| unavailable(format!("pg_url {e}")))?;
     let mut cfg = target.config;
@@ -330,20 +364,28 @@ fn connect(rt: &Runtime) -> Result<Link, Error> {
     cfg.connect_timeout(connect_timeout);
     cfg.keepalives(true).keepalives_idle(idle).keepalives_interval(interval).keepalives_retries(retries);
     cfg.tcp_user_timeout(dead_peer);
-    let failed = |e: &tokio_postgres::Error| unavailable(format!("{}: {}{}", where_pg(), describe(e), tls_hint(e, target.tls)));
+    let failed =
+        |e: &tokio_postgres::Error| unavailable(format!("{}: {}{}", where_pg(), describe(e), tls_hint(e, target.tls)));
     // The whole opening (TCP, TLS, authentication, setup) has one deadline.
     let limit = connect_timeout + GRACE;
-    let timed_out = || unavailable(format!("{}: no answer while connecting within {} ms", where_pg(), limit.as_millis()));
+    let timed_out =
+        || unavailable(format!("{}: no answer while connecting within {} ms", where_pg(), limit.as_millis()));
     let setup = session_setup_sql();
     let mut link = if target.tls == TlsMode::Disable {
         rt.block_on(async {
-            let (client, connection) = tokio::time::timeout(limit, cfg.connect(tokio_postgres::NoTls)).await.map_err(|_| timed_out())?.map_err(|e| failed(&e))?;
+            let (client, connection) = tokio::time::timeout(limit, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| failed(&e))?;
             Ok::<_, Error>(Link::new(client, connection))
         })?
     } else {
         let tls = pg_tls::connector(target.tls, &config::PG_SSL_CA_FILE.get()).map_err(unavailable)?;
         rt.block_on(async {
-            let (client, connection) = tokio::time::timeout(limit, cfg.connect(tls)).await.map_err(|_| timed_out())?.map_err(|e| failed(&e))?;
+            let (client, connection) = tokio::time::timeout(limit, cfg.connect(tls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| failed(&e))?;
             Ok::<_, Error>(Link::new(client, connection))
         })?
     };
@@ -388,10 +430,20 @@ fn describe(e: &tokio_postgres::Error) -> String {
 pub fn map_pg_error(e: &tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         return match db.code().code() {
-            "57014" => Error::Timeout { what: format!("PostgreSQL cancelled the query: {}", db.message()), ms: config::query_timeout().as_millis() as u64 },
+            "57014" => Error::Timeout {
+                what: format!("PostgreSQL cancelled the query: {}", db.message()),
+                ms: config::query_timeout().as_millis() as u64,
+            },
             // A data exception: a key value PostgreSQL cannot read as the column's type.
-            code if code.starts_with("22") => Error::InvalidValue { what: "key value", value: String::new(), reason: format!("{} ({code})", db.message()) },
-            code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => Error::Unavailable { server: "PostgreSQL", reason: format!("{}: {} ({code})", where_pg(), db.message()) },
+            code if code.starts_with("22") => Error::InvalidValue {
+                what: "key value",
+                value: String::new(),
+                reason: format!("{} ({code})", db.message()),
+            },
+            code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => Error::Unavailable {
+                server: "PostgreSQL",
+                reason: format!("{}: {} ({code})", where_pg(), db.message()),
+            },
             code => Error::Remote { server: "PostgreSQL", message: format!("{} ({code})", db.message()) },
         };
     }
@@ -406,6 +458,11 @@ mod tests {
     fn setup_sets_every_canonical_setting() {
         let sql = session_setup_sql();
         assert!(sql.starts_with("SET search_path = pg_catalog, pg_temp; "));
-        assert!(sql.contains("SET DateStyle = 'ISO, MDY'") && sql.contains("SET TimeZone = 'UTC'") && sql.contains("SET lc_monetary = 'C'"), "{sql}");
+        assert!(
+            sql.contains("SET DateStyle = 'ISO, MDY'")
+                && sql.contains("SET TimeZone = 'UTC'")
+                && sql.contains("SET lc_monetary = 'C'"),
+            "{sql}"
+        );
     }
 }

@@ -81,7 +81,19 @@ pub struct Stats {
 impl Stats {
     /// Back to zero (module unload: the next load starts fresh).
     pub fn reset(&self) {
-        for c in [&self.hits, &self.misses, &self.fills, &self.negative_hits, &self.joined_misses, &self.stale_fills_refused, &self.pg_queries, &self.pg_errors, &self.timeouts, &self.busy, &self.pg_reconnects] {
+        for c in [
+            &self.hits,
+            &self.misses,
+            &self.fills,
+            &self.negative_hits,
+            &self.joined_misses,
+            &self.stale_fills_refused,
+            &self.pg_queries,
+            &self.pg_errors,
+            &self.timeouts,
+            &self.busy,
+            &self.pg_reconnects,
+        ] {
             c.reset();
         }
         self.fill_latency.reset();

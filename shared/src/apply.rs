@@ -78,7 +78,11 @@ pub fn plan(mapping: &TableMapping, change: &CapturedChange, ctx: &ApplyContext)
     let mut steps = Vec::new();
     match (change.op, before, after) {
         (Op::Truncate, _, _) => {
-            steps.push(Step::Commands(vec![vec!["SET".into(), REVOKE_PREFIX_KEY.into(), mapping.key.prefix().to_owned()]]));
+            steps.push(Step::Commands(vec![vec![
+                "SET".into(),
+                REVOKE_PREFIX_KEY.into(),
+                mapping.key.prefix().to_owned(),
+            ]]));
             steps.push(Step::DeleteAllKeys { scan_pattern: mapping.key.scan_pattern() });
             emit(mapping, change, ctx, &mut cmds, Op::Truncate, "", None, None);
         }
@@ -100,7 +104,13 @@ pub fn plan(mapping: &TableMapping, change: &CapturedChange, ctx: &ApplyContext)
         }
         (op, b, a) => {
             return Err(crate::Error::MalformedRow {
-                reason: format!("outbox row {} has op '{}' with{} old row and with{} new row", change.id, op.code(), if b.is_some() { "" } else { "out" }, if a.is_some() { "" } else { "out" }),
+                reason: format!(
+                    "outbox row {} has op '{}' with{} old row and with{} new row",
+                    change.id,
+                    op.code(),
+                    if b.is_some() { "" } else { "out" },
+                    if a.is_some() { "" } else { "out" }
+                ),
             })
         }
     }
@@ -147,7 +157,16 @@ pub fn write_value(mapping: &TableMapping, key: &str, stored: &Row, cmds: &mut V
 }
 
 #[allow(clippy::too_many_arguments)]
-fn emit(mapping: &TableMapping, change: &CapturedChange, ctx: &ApplyContext, cmds: &mut Vec<Command>, op: Op, key: &str, before: Option<Row>, after: Option<Row>) {
+fn emit(
+    mapping: &TableMapping,
+    change: &CapturedChange,
+    ctx: &ApplyContext,
+    cmds: &mut Vec<Command>,
+    op: Op,
+    key: &str,
+    before: Option<Row>,
+    after: Option<Row>,
+) {
     if mapping.stream_key.is_none() && mapping.channel.is_none() {
         return;
     }
@@ -203,17 +222,27 @@ mod tests {
     }
 
     fn change(op: Op, before: Option<&str>, after: Option<&str>) -> CapturedChange {
-        CapturedChange { id: 10, op, tx_id: 500, captured_ms: 1000, before: before.map(Into::into), after: after.map(Into::into) }
+        CapturedChange {
+            id: 10,
+            op,
+            tx_id: 500,
+            captured_ms: 1000,
+            before: before.map(Into::into),
+            after: after.map(Into::into),
+        }
     }
 
     const CTX: ApplyContext = ApplyContext { database: "app", stream_maxlen: 100, now_ms: 2000 };
 
     fn cmds(steps: &[Step]) -> Vec<Command> {
-        steps.iter().flat_map(|s| match s {
-            Step::Commands(c) => c.clone(),
-            Step::DeleteAllKeys { scan_pattern } => vec![vec!["<purge>".to_string(), scan_pattern.clone()]],
-            Step::SweepKeys { scan_pattern } => vec![vec!["<sweep>".to_string(), scan_pattern.clone()]],
-        }).collect()
+        steps
+            .iter()
+            .flat_map(|s| match s {
+                Step::Commands(c) => c.clone(),
+                Step::DeleteAllKeys { scan_pattern } => vec![vec!["<purge>".to_string(), scan_pattern.clone()]],
+                Step::SweepKeys { scan_pattern } => vec![vec!["<sweep>".to_string(), scan_pattern.clone()]],
+            })
+            .collect()
     }
 
     fn s(v: &[&str]) -> Command {
@@ -228,7 +257,10 @@ mod tests {
         let del = plan(&m, &change(Op::Delete, Some(r#"{"id": 1, "n": "a"}"#), None), &CTX).unwrap();
         assert_eq!(cmds(&del), vec![s(&["SET", REVOKE_KEY, "users:1"]), s(&["DEL", "users:1"])]);
         let moved = plan(&m, &change(Op::Update, Some(r#"{"id": 1}"#), Some(r#"{"id": 2}"#)), &CTX).unwrap();
-        assert_eq!(cmds(&moved), vec![s(&["SET", REVOKE_KEY, "users:1"]), s(&["DEL", "users:1"]), s(&["SET", "users:2", r#"{"id":2}"#])]);
+        assert_eq!(
+            cmds(&moved),
+            vec![s(&["SET", REVOKE_KEY, "users:1"]), s(&["DEL", "users:1"]), s(&["SET", "users:2", r#"{"id":2}"#])]
+        );
     }
 
     #[test]
@@ -236,8 +268,18 @@ mod tests {
         let mut m = mapping();
         m.format = Format::Hash;
         m.ttl = Some(60);
-        let up = plan(&m, &change(Op::Update, Some(r#"{"id": 1}"#), Some(r#"{"id": 1, "n": null, "x": 2}"#)), &CTX).unwrap();
-        assert_eq!(cmds(&up), vec![s(&["MULTI"]), s(&["DEL", "users:1"]), s(&["HSET", "users:1", "id", "1", "x", "2"]), s(&["EXPIRE", "users:1", "60"]), s(&["EXEC"])]);
+        let up =
+            plan(&m, &change(Op::Update, Some(r#"{"id": 1}"#), Some(r#"{"id": 1, "n": null, "x": 2}"#)), &CTX).unwrap();
+        assert_eq!(
+            cmds(&up),
+            vec![
+                s(&["MULTI"]),
+                s(&["DEL", "users:1"]),
+                s(&["HSET", "users:1", "id", "1", "x", "2"]),
+                s(&["EXPIRE", "users:1", "60"]),
+                s(&["EXEC"])
+            ]
+        );
         let t = plan(&m, &change(Op::Truncate, None, None), &CTX).unwrap();
         assert_eq!(cmds(&t), vec![s(&["SET", REVOKE_PREFIX_KEY, "users:"]), s(&["<purge>", "users:*"])]);
     }
@@ -248,10 +290,14 @@ mod tests {
         m.stream_key = Some("app.public.users".into());
         m.channel = Some("users_changes".into());
         m.columns = Some(vec!["id".into()]);
-        let steps = plan(&m, &change(Op::Update, Some(r#"{"id": 1, "n": "a"}"#), Some(r#"{"id": 1, "n": "b"}"#)), &CTX).unwrap();
+        let steps = plan(&m, &change(Op::Update, Some(r#"{"id": 1, "n": "a"}"#), Some(r#"{"id": 1, "n": "b"}"#)), &CTX)
+            .unwrap();
         let c = cmds(&steps);
         assert_eq!(c.len(), 3);
-        assert_eq!(&c[1][..9], &s(&["XADD", "app.public.users", "MAXLEN", "~", "100", "*", "key", "users:1", "value"])[..]);
+        assert_eq!(
+            &c[1][..9],
+            &s(&["XADD", "app.public.users", "MAXLEN", "~", "100", "*", "key", "users:1", "value"])[..]
+        );
         let ev: ChangeEvent = serde_json::from_str(&c[1][9]).unwrap();
         assert_eq!(ev.op, Op::Update);
         assert_eq!(ev.source.sequence, "10");

@@ -166,7 +166,11 @@ impl CommandTable {
                 let full = format!("{name}|{}", sub.as_ref().to_ascii_lowercase());
                 return match self.commands.get(&full) {
                     Some(spec) => Lookup::Known(spec),
-                    None => Lookup::Unknown(format!("{} {}", first.as_ref().to_ascii_uppercase(), sub.as_ref().to_ascii_uppercase())),
+                    None => Lookup::Unknown(format!(
+                        "{} {}",
+                        first.as_ref().to_ascii_uppercase(),
+                        sub.as_ref().to_ascii_uppercase()
+                    )),
                 };
             }
         }
@@ -189,7 +193,8 @@ fn parse_line(line: &str) -> Result<CommandSpec, String> {
             s.split(',').map(str::to_owned).collect()
         }
     };
-    let key_specs = if specs == "-" { Vec::new() } else { specs.split(' ').map(parse_key_spec).collect::<Result<_, _>>()? };
+    let key_specs =
+        if specs == "-" { Vec::new() } else { specs.split(' ').map(parse_key_spec).collect::<Result<_, _>>()? };
     Ok(CommandSpec {
         name: name.to_owned(),
         arity: arity.parse().map_err(|_| format!("arity \"{arity}\" of {name} is not a number"))?,
@@ -207,9 +212,12 @@ fn parse_key_spec(s: &str) -> Result<KeySpec, String> {
     let flags: Vec<&str> = flags.split(',').collect();
     let int = |v: &str| v.parse::<i64>().map_err(|_| format!("\"{v}\" in key spec \"{s}\" is not a number"));
     let begin = match begin.split_once('=') {
-        Some(("index", pos)) => BeginSearch::Index(usize::try_from(int(pos)?).map_err(|_| format!("negative index in key spec \"{s}\""))?),
+        Some(("index", pos)) => {
+            BeginSearch::Index(usize::try_from(int(pos)?).map_err(|_| format!("negative index in key spec \"{s}\""))?)
+        }
         Some(("keyword", v)) => {
-            let (keyword, start) = v.rsplit_once(',').ok_or_else(|| format!("keyword search \"{v}\" needs WORD,STARTFROM"))?;
+            let (keyword, start) =
+                v.rsplit_once(',').ok_or_else(|| format!("keyword search \"{v}\" needs WORD,STARTFROM"))?;
             BeginSearch::Keyword { keyword: keyword.to_owned(), start_from: int(start)? }
         }
         None if begin == "unknown" => BeginSearch::Unknown,
@@ -272,7 +280,8 @@ fn key_positions<S: AsRef<str>>(spec: &KeySpec, args: &[S]) -> Option<Vec<usize>
             (first, last, step)
         }
         FindKeys::KeyNum { num_index, first_key, step } => {
-            let count: i64 = args.get(usize::try_from(first + num_index).ok()?)?.as_ref().parse().ok().filter(|n| *n >= 0)?;
+            let count: i64 =
+                args.get(usize::try_from(first + num_index).ok()?)?.as_ref().parse().ok().filter(|n| *n >= 0)?;
             let first = first + first_key;
             (first, first + (count - 1) * step.max(1), step)
         }
@@ -308,7 +317,8 @@ impl AllowList {
     pub fn parse(list: &str) -> AllowList {
         let mut names = HashSet::new();
         for item in list.split(',') {
-            let words: Vec<String> = item.split([' ', '|', '\t']).filter(|w| !w.is_empty()).map(str::to_ascii_lowercase).collect();
+            let words: Vec<String> =
+                item.split([' ', '|', '\t']).filter(|w| !w.is_empty()).map(str::to_ascii_lowercase).collect();
             if !words.is_empty() {
                 names.insert(words.join("|"));
             }
@@ -325,23 +335,47 @@ impl AllowList {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// Admin, dangerous or scripting.
-    Dangerous { command: String, categories: String },
+    Dangerous {
+        command: String,
+        categories: String,
+    },
     /// Changes the connection's user or database.
-    SessionState { command: String },
-    Unknown { command: String },
+    SessionState {
+        command: String,
+    },
+    Unknown {
+        command: String,
+    },
     /// Writes or publishes under the read-only policy.
-    ReadOnly { command: String },
-    ProtectedKey { command: String, key: String, owner: Owner },
-    ProtectedChannel { command: String, channel: String, owner: Owner },
+    ReadOnly {
+        command: String,
+    },
+    ProtectedKey {
+        command: String,
+        key: String,
+        owner: Owner,
+    },
+    ProtectedChannel {
+        command: String,
+        channel: String,
+        owner: Owner,
+    },
 }
 
 /// Who a protected name belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
     /// A synced table's keys (by template prefix).
-    TableKeys { table: String, prefix: String },
-    TableStream { table: String },
-    TableChannel { table: String },
+    TableKeys {
+        table: String,
+        prefix: String,
+    },
+    TableStream {
+        table: String,
+    },
+    TableChannel {
+        table: String,
+    },
     PgRedis,
     /// Keyspace-notification channels: Redis publishes on them itself.
     Notifications,
@@ -397,11 +431,19 @@ impl Refusal {
 
 /// Decides whether a caller who is not a superuser may send `args` under `policy`; when yes,
 /// the names it would write, to be checked against [`ProtectedNames`].
-pub fn check_command<'a, S: AsRef<str>>(table: &CommandTable, args: &'a [S], policy: Policy, allowed: &AllowList) -> Result<Targets<'a>, Refusal> {
+pub fn check_command<'a, S: AsRef<str>>(
+    table: &CommandTable,
+    args: &'a [S],
+    policy: Policy,
+    allowed: &AllowList,
+) -> Result<Targets<'a>, Refusal> {
     if policy == Policy::Unrestricted || args.is_empty() {
         return Ok(Targets::default());
     }
-    let every_argument = || Targets { written_keys: args[1..].iter().map(AsRef::as_ref).collect(), channels: args[1..].iter().map(AsRef::as_ref).collect() };
+    let every_argument = || Targets {
+        written_keys: args[1..].iter().map(AsRef::as_ref).collect(),
+        channels: args[1..].iter().map(AsRef::as_ref).collect(),
+    };
     let spec = match table.lookup(args) {
         Lookup::Known(spec) => spec,
         Lookup::Unknown(command) => {
@@ -435,7 +477,9 @@ pub fn check_command<'a, S: AsRef<str>>(table: &CommandTable, args: &'a [S], pol
     }
     for ks in spec.key_specs.iter().filter(|k| k.writes && !k.not_key) {
         match key_positions(ks, args) {
-            Some(positions) if !ks.incomplete => targets.written_keys.extend(positions.into_iter().map(|i| args[i].as_ref())),
+            Some(positions) if !ks.incomplete => {
+                targets.written_keys.extend(positions.into_iter().map(|i| args[i].as_ref()))
+            }
             // A write the spec cannot follow: assume the worst.
             _ => return Ok(every_argument()),
         }
@@ -473,7 +517,10 @@ impl ProtectedNames {
         if let Some((_, table)) = self.streams.iter().find(|(s, _)| s == key) {
             return Some(Owner::TableStream { table: table.clone() });
         }
-        self.key_prefixes.iter().find(|(p, _)| key.starts_with(p.as_str())).map(|(p, t)| Owner::TableKeys { table: t.clone(), prefix: p.clone() })
+        self.key_prefixes
+            .iter()
+            .find(|(p, _)| key.starts_with(p.as_str()))
+            .map(|(p, t)| Owner::TableKeys { table: t.clone(), prefix: p.clone() })
     }
 
     /// Who owns `channel`, if anyone but the caller may publish on it.
@@ -513,7 +560,8 @@ mod tests {
     }
 
     fn check(args: &[&str], policy: Policy) -> Result<Targets<'static>, Refusal> {
-        let owned: &'static [String] = Box::leak(args.iter().map(|s| s.to_string()).collect::<Vec<_>>().into_boxed_slice());
+        let owned: &'static [String] =
+            Box::leak(args.iter().map(|s| s.to_string()).collect::<Vec<_>>().into_boxed_slice());
         check_command(table(), owned, policy, &AllowList::default())
     }
 
@@ -531,7 +579,18 @@ mod tests {
     fn the_table_has_every_command_of_redis_7_0() {
         let t = table();
         assert!(t.len() > 350, "{}", t.len());
-        for name in ["get", "set", "config|set", "acl|setuser", "eval", "fcall", "function|load", "module|load", "xread", "object|encoding"] {
+        for name in [
+            "get",
+            "set",
+            "config|set",
+            "acl|setuser",
+            "eval",
+            "fcall",
+            "function|load",
+            "module|load",
+            "xread",
+            "object|encoding",
+        ] {
             assert!(matches!(t.lookup(&name.split('|').collect::<Vec<_>>()), Lookup::Known(_)), "{name}");
         }
         assert!(matches!(t.lookup(&["CONFIG", "NOPE"]), Lookup::Unknown(n) if n == "CONFIG NOPE"));
@@ -573,7 +632,10 @@ mod tests {
             assert!(matches!(check(args, Policy::Restricted), Err(Refusal::SessionState { .. })), "{args:?}");
         }
         assert_eq!(check(&["PG.GET", "k"], Policy::Restricted), Err(Refusal::Unknown { command: "PG.GET".into() }));
-        assert_eq!(check(&["OBJECT", "WHATEVER", "k"], Policy::Restricted), Err(Refusal::Unknown { command: "OBJECT WHATEVER".into() }));
+        assert_eq!(
+            check(&["OBJECT", "WHATEVER", "k"], Policy::Restricted),
+            Err(Refusal::Unknown { command: "OBJECT WHATEVER".into() })
+        );
     }
 
     #[test]
@@ -625,18 +687,41 @@ mod tests {
             let t = check(args, Policy::Restricted).unwrap();
             p.check(args, &t)
         };
-        assert!(matches!(refuse(&["SET", "users:1", "x"]), Err(Refusal::ProtectedKey { owner: Owner::TableKeys { .. }, .. })));
-        assert!(matches!(refuse(&["DEL", "other", "users:7"]), Err(Refusal::ProtectedKey { key, .. }) if key == "users:7"));
-        assert!(matches!(refuse(&["XADD", "app.public.users", "*", "f", "v"]), Err(Refusal::ProtectedKey { owner: Owner::TableStream { .. }, .. })));
+        assert!(matches!(
+            refuse(&["SET", "users:1", "x"]),
+            Err(Refusal::ProtectedKey { owner: Owner::TableKeys { .. }, .. })
+        ));
+        assert!(
+            matches!(refuse(&["DEL", "other", "users:7"]), Err(Refusal::ProtectedKey { key, .. }) if key == "users:7")
+        );
+        assert!(matches!(
+            refuse(&["XADD", "app.public.users", "*", "f", "v"]),
+            Err(Refusal::ProtectedKey { owner: Owner::TableStream { .. }, .. })
+        ));
         assert!(matches!(refuse(&["XTRIM", "app.public.users", "MAXLEN", "0"]), Err(Refusal::ProtectedKey { .. })));
-        assert!(matches!(refuse(&["SET", "pg_redis:mappings:app", "1"]), Err(Refusal::ProtectedKey { owner: Owner::PgRedis, .. })));
+        assert!(matches!(
+            refuse(&["SET", "pg_redis:mappings:app", "1"]),
+            Err(Refusal::ProtectedKey { owner: Owner::PgRedis, .. })
+        ));
         assert!(matches!(refuse(&["RENAME", "mine", "users:1"]), Err(Refusal::ProtectedKey { .. })));
         assert!(matches!(refuse(&["ZUNIONSTORE", "users:9", "1", "z"]), Err(Refusal::ProtectedKey { .. })));
         assert!(matches!(refuse(&["PUBLISH", "users-changes", "x"]), Err(Refusal::ProtectedChannel { .. })));
-        assert!(matches!(refuse(&["SPUBLISH", "pg_redis:x", "x"]), Err(Refusal::ProtectedChannel { owner: Owner::PgRedis, .. })));
-        assert!(matches!(refuse(&["PUBLISH", "__keyspace@0__:users:1", "set"]), Err(Refusal::ProtectedChannel { owner: Owner::Notifications, .. })));
+        assert!(matches!(
+            refuse(&["SPUBLISH", "pg_redis:x", "x"]),
+            Err(Refusal::ProtectedChannel { owner: Owner::PgRedis, .. })
+        ));
+        assert!(matches!(
+            refuse(&["PUBLISH", "__keyspace@0__:users:1", "set"]),
+            Err(Refusal::ProtectedChannel { owner: Owner::Notifications, .. })
+        ));
         // Reads of synced keys, and writes elsewhere, are fine.
-        for ok in [&["GET", "users:1"][..], &["XRANGE", "app.public.users", "-", "+"], &["SET", "user:1", "x"], &["PUBLISH", "news", "x"], &["ZUNIONSTORE", "z2", "1", "users:1"]] {
+        for ok in [
+            &["GET", "users:1"][..],
+            &["XRANGE", "app.public.users", "-", "+"],
+            &["SET", "user:1", "x"],
+            &["PUBLISH", "news", "x"],
+            &["ZUNIONSTORE", "z2", "1", "users:1"],
+        ] {
             assert_eq!(refuse(ok), Ok(()), "{ok:?}");
         }
     }
@@ -662,9 +747,15 @@ mod tests {
         let t = table();
         assert!(check_command(t, &["INFO"], Policy::Restricted, &allowed).is_ok());
         assert!(check_command(t, &["CONFIG", "GET", "maxmemory"], Policy::Restricted, &allowed).is_ok());
-        assert!(matches!(check_command(t, &["CONFIG", "SET", "maxmemory", "1"], Policy::Restricted, &allowed), Err(Refusal::Dangerous { .. })));
+        assert!(matches!(
+            check_command(t, &["CONFIG", "SET", "maxmemory", "1"], Policy::Restricted, &allowed),
+            Err(Refusal::Dangerous { .. })
+        ));
         let targets = check_command(t, &["PG.GET", "users:1"], Policy::Restricted, &allowed).unwrap();
-        assert!(protected().check(&["PG.GET", "users:1"], &targets).is_err(), "an unknown command's arguments all count as written keys");
+        assert!(
+            protected().check(&["PG.GET", "users:1"], &targets).is_err(),
+            "an unknown command's arguments all count as written keys"
+        );
         assert!(check_command(t, &["CONFIG", "SET", "a", "b"], Policy::Restricted, &AllowList::parse("config")).is_ok());
         assert_eq!(AllowList::parse("config|get"), AllowList::parse("CONFIG GET"));
     }
@@ -674,7 +765,9 @@ mod tests {
         let r = check(&["config", "set", "x", "y"], Policy::Restricted).unwrap_err();
         assert!(r.to_string().contains("CONFIG SET"), "{r}");
         assert!(r.hint().contains("add 'config set' to pg_redis.sql_allowed_commands"), "{}", r.hint());
-        let r = protected().check(&["SET", "users:1"], &Targets { written_keys: vec!["users:1"], channels: vec![] }).unwrap_err();
+        let r = protected()
+            .check(&["SET", "users:1"], &Targets { written_keys: vec!["users:1"], channels: vec![] })
+            .unwrap_err();
         assert!(r.to_string().contains("users:1") && r.to_string().contains("synced table users"), "{r}");
     }
 

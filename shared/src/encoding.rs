@@ -30,7 +30,11 @@ pub const CANONICAL_SETTINGS: &[(&str, &str)] = &[
 /// The canonical settings as a libpq `options` value (`-c name=value ...`, spaces escaped), for
 /// connections that read rows (the module's pool).
 pub fn canonical_settings_options() -> String {
-    CANONICAL_SETTINGS.iter().map(|(k, v)| format!("-c {k}={}", v.replace('\\', "\\\\").replace(' ', "\\ "))).collect::<Vec<_>>().join(" ")
+    CANONICAL_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("-c {k}={}", v.replace('\\', "\\\\").replace(' ', "\\ ")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A row as `to_jsonb` gives it: column name to value, in jsonb key order.
@@ -61,10 +65,7 @@ pub fn encode_json(row: &Row) -> String {
 
 /// The `hash` format: (field, value) pairs; NULL columns are left out.
 pub fn encode_hash(row: &Row) -> Vec<(String, String)> {
-    row.iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), hash_value(v)))
-        .collect()
+    row.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), hash_value(v))).collect()
 }
 
 /// One hash field's value: a string raw, anything else as compact JSON.
@@ -100,8 +101,12 @@ mod tests {
 
     #[test]
     fn compacts_and_keeps_numbers_exact() {
-        let r = parse_row(r#"{"id": 1, "price": 1.50, "big": 123456789012345678901234567890.000000001, "f": 1e+100}"#).unwrap();
-        assert_eq!(encode_json(&r), r#"{"id":1,"price":1.50,"big":123456789012345678901234567890.000000001,"f":1e+100}"#);
+        let r = parse_row(r#"{"id": 1, "price": 1.50, "big": 123456789012345678901234567890.000000001, "f": 1e+100}"#)
+            .unwrap();
+        assert_eq!(
+            encode_json(&r),
+            r#"{"id":1,"price":1.50,"big":123456789012345678901234567890.000000001,"f":1e+100}"#
+        );
     }
 
     #[test]
@@ -115,7 +120,15 @@ mod tests {
     fn hash_fields() {
         let r = parse_row(r#"{"a": "x", "b": 2, "c": null, "d": [1, 2], "e": true}"#).unwrap();
         let h = encode_hash(&r);
-        assert_eq!(h, vec![("a".into(), "x".into()), ("b".into(), "2".into()), ("d".into(), "[1,2]".into()), ("e".into(), "true".into())]);
+        assert_eq!(
+            h,
+            vec![
+                ("a".into(), "x".into()),
+                ("b".into(), "2".into()),
+                ("d".into(), "[1,2]".into()),
+                ("e".into(), "true".into())
+            ]
+        );
     }
 
     #[test]

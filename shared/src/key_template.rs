@@ -93,7 +93,11 @@ impl KeyTemplate {
     }
 
     /// Checks that every placeholder names one of `table_columns`.
-    pub fn check_columns<'a>(&self, table: &str, table_columns: impl IntoIterator<Item = &'a str> + Clone) -> Result<()> {
+    pub fn check_columns<'a>(
+        &self,
+        table: &str,
+        table_columns: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<()> {
         for c in self.columns() {
             if !table_columns.clone().into_iter().any(|t| t == c) {
                 return Err(Error::UndefinedColumn { table: table.to_owned(), column: c.to_owned() });
@@ -123,7 +127,11 @@ impl KeyTemplate {
     pub fn render_values<S: AsRef<str>>(&self, values: &[S]) -> Result<String> {
         let n = self.columns().count();
         if values.len() != n {
-            return Err(Error::invalid_value("key value count", values.len(), format_args!("template \"{}\" has {} placeholders", self.source, n)));
+            return Err(Error::invalid_value(
+                "key value count",
+                values.len(),
+                format_args!("template \"{}\" has {} placeholders", self.source, n),
+            ));
         }
         let mut key = String::new();
         let mut vals = values.iter();
@@ -143,7 +151,11 @@ impl KeyTemplate {
 
     /// Splits a key back into its column values, in placeholder order, unescaped.
     pub fn parse_key(&self, key: &str) -> Result<Vec<String>> {
-        let mismatch = |reason: &str| Error::KeyMismatch { key: key.to_owned(), template: self.source.clone(), reason: reason.to_owned() };
+        let mismatch = |reason: &str| Error::KeyMismatch {
+            key: key.to_owned(),
+            template: self.source.clone(),
+            reason: reason.to_owned(),
+        };
         let mut rest = key;
         let mut values = Vec::with_capacity(self.segments.len() / 2 + 1);
         let mut i = 0;
@@ -157,7 +169,9 @@ impl KeyTemplate {
                         // The last placeholder takes what is left before the suffix, if any.
                         None => std::mem::take(&mut rest),
                         Some(Segment::Literal(next)) if i + 2 == self.segments.len() => {
-                            let v = rest.strip_suffix(next.as_str()).ok_or_else(|| mismatch(&format!("expected it to end with \"{next}\"")))?;
+                            let v = rest
+                                .strip_suffix(next.as_str())
+                                .ok_or_else(|| mismatch(&format!("expected it to end with \"{next}\"")))?;
                             rest = &rest[v.len()..];
                             v
                         }
@@ -249,7 +263,9 @@ fn lex(template: &str) -> Result<Vec<Segment>> {
                     return bad("placeholders cannot be nested; a literal '{' is not allowed".into());
                 }
                 if matches!(segments.last(), Some(Segment::Column(_))) && literal.is_empty() {
-                    return bad(format!("placeholder {{{name}}} directly follows another one; separate them with text containing ':'"));
+                    return bad(format!(
+                        "placeholder {{{name}}} directly follows another one; separate them with text containing ':'"
+                    ));
                 }
                 if tagged {
                     hash_tags += 1;
@@ -340,7 +356,10 @@ mod tests {
     #[test]
     fn default_templates() {
         assert_eq!(KeyTemplate::default_for("public", "users", &["id"]).unwrap().as_str(), "users:{id}");
-        assert_eq!(KeyTemplate::default_for("public", "order_items", &["order_id", "item_no"]).unwrap().as_str(), "order_items:{order_id}:{item_no}");
+        assert_eq!(
+            KeyTemplate::default_for("public", "order_items", &["order_id", "item_no"]).unwrap().as_str(),
+            "order_items:{order_id}:{item_no}"
+        );
         assert_eq!(KeyTemplate::default_for("billing", "invoices", &["id"]).unwrap().as_str(), "billing.invoices:{id}");
         let odd = KeyTemplate::default_for("public", "we{ird}", &["id"]).unwrap();
         assert_eq!(odd.render_row(&row(json!({"id": 1}))).unwrap(), "we%7Bird%7D:1");

@@ -129,7 +129,14 @@ impl TryFrom<CatalogRow> for TableMapping {
     fn try_from(r: CatalogRow) -> Result<Self> {
         let key = KeyTemplate::parse(&r.key_template)?;
         if r.key_types.len() != key.columns().count() {
-            return Err(Error::MalformedRow { reason: format!("mapping {} has {} key types for template \"{}\"", r.id, r.key_types.len(), r.key_template) });
+            return Err(Error::MalformedRow {
+                reason: format!(
+                    "mapping {} has {} key types for template \"{}\"",
+                    r.id,
+                    r.key_types.len(),
+                    r.key_template
+                ),
+            });
         }
         Ok(TableMapping {
             id: r.id,
@@ -157,7 +164,10 @@ pub fn check_unambiguous(mappings: &[TableMapping]) -> Result<()> {
     let reserved = crate::apply::RESERVED_PREFIX;
     for (i, a) in mappings.iter().enumerate() {
         if a.key.prefix().starts_with(reserved) || reserved.starts_with(a.key.prefix()) {
-            return Err(Error::invalid_template(a.key.as_str(), format_args!("keys starting with \"{reserved}\" belong to pg_redis itself; choose another prefix")));
+            return Err(Error::invalid_template(
+                a.key.as_str(),
+                format_args!("keys starting with \"{reserved}\" belong to pg_redis itself; choose another prefix"),
+            ));
         }
         for b in &mappings[i + 1..] {
             if a.key.prefix().starts_with(b.key.prefix()) || b.key.prefix().starts_with(a.key.prefix()) {

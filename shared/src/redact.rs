@@ -262,7 +262,10 @@ mod tests {
     fn urls() {
         assert_eq!(redact_url("redis://:s3cret@127.0.0.1:6390/0"), "redis://:****@127.0.0.1:6390/0");
         assert_eq!(redact_url("rediss://app:p%40ss@h:1"), "rediss://app:****@h:1");
-        assert_eq!(redact_url("postgresql://u:pw@h:5/db?sslmode=require"), "postgresql://u:****@h:5/db?sslmode=require");
+        assert_eq!(
+            redact_url("postgresql://u:pw@h:5/db?sslmode=require"),
+            "postgresql://u:****@h:5/db?sslmode=require"
+        );
         assert_eq!(redact_url("postgresql://u@h/db?password=pw&x=1"), "postgresql://u@h/db?password=****&x=1");
         assert_eq!(redact_url("redis://127.0.0.1:6390"), "redis://127.0.0.1:6390");
         assert!(!has_password("redis://127.0.0.1:6390/0#insecure"));
@@ -275,7 +278,10 @@ mod tests {
         assert_eq!(redact_url("postgresql://u:pa/ss?x#y@h:5/db"), "postgresql://u:****@h:5/db");
         // WHATWG reads them up to the last `@` of the authority.
         assert_eq!(redact_url("redis://u:p@ss@h:1/0"), "redis://u:****@h:1/0");
-        assert_eq!(redact_url("postgresql://h/db?application_name=a:b@c"), "postgresql://h/db?application_name=a:****@c");
+        assert_eq!(
+            redact_url("postgresql://h/db?application_name=a:b@c"),
+            "postgresql://h/db?application_name=a:****@c"
+        );
         assert_eq!(redact_url("redis://:p/q?r#s@t@h:1/0"), "redis://:****@h:1/0");
         assert_eq!(redact_url("redis://u@x:p@h:1/0"), "redis://u@x:****@h:1/0");
         assert!(!has_password("postgresql://u@h:5432/db?application_name=a@b"));

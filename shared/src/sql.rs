@@ -27,12 +27,22 @@ fn keys_from_arrays(m: &TableMapping) -> String {
 /// position form one key); yields `(ord bigint, row text)` with `ord` the 1-based key position,
 /// for the keys whose row exists.
 pub fn rows_by_keys(m: &TableMapping) -> String {
-    format!("SELECT k.ord, to_jsonb(t.*)::text FROM {} JOIN {} t ON {}", keys_from_arrays(m), m.quoted_name(), key_match(m))
+    format!(
+        "SELECT k.ord, to_jsonb(t.*)::text FROM {} JOIN {} t ON {}",
+        keys_from_arrays(m),
+        m.quoted_name(),
+        key_match(m)
+    )
 }
 
 /// Positions (1-based) of the keys whose row exists; parameters as in [`rows_by_keys`].
 pub fn existing_keys(m: &TableMapping) -> String {
-    format!("SELECT k.ord FROM {} WHERE EXISTS (SELECT 1 FROM {} t WHERE {})", keys_from_arrays(m), m.quoted_name(), key_match(m))
+    format!(
+        "SELECT k.ord FROM {} WHERE EXISTS (SELECT 1 FROM {} t WHERE {})",
+        keys_from_arrays(m),
+        m.quoted_name(),
+        key_match(m)
+    )
 }
 
 /// The row of one key: parameters are the key values as text, in placeholder order.
@@ -70,7 +80,10 @@ mod tests {
 
     #[test]
     fn statements() {
-        assert_eq!(row_by_key(&m()), r#"SELECT to_jsonb(t.*)::text FROM "shop"."Order Items" t WHERE t."order_id" = $1::text::bigint AND t."no" = $2::text::integer"#);
+        assert_eq!(
+            row_by_key(&m()),
+            r#"SELECT to_jsonb(t.*)::text FROM "shop"."Order Items" t WHERE t."order_id" = $1::text::bigint AND t."no" = $2::text::integer"#
+        );
         assert_eq!(
             rows_by_keys(&m()),
             r#"SELECT k.ord, to_jsonb(t.*)::text FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(k0, k1, ord) JOIN "shop"."Order Items" t ON t."order_id" = k.k0::bigint AND t."no" = k.k1::integer"#

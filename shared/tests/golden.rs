@@ -45,7 +45,8 @@ fn check(name: &str, actual: String) {
         std::fs::write(&path, &actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}: run with PG_REDIS_GOLDEN_UPDATE=1", path.display()));
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}: run with PG_REDIS_GOLDEN_UPDATE=1", path.display()));
     assert_eq!(actual, expected, "{name} changed: the stored bytes of every deployment would change");
 }
 

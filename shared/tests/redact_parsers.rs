@@ -12,7 +12,19 @@ use proptest::prelude::*;
 /// A password: upper-case letters mixed with separators, at least one letter. Each letter is
 /// used once, so a letter of the password found in the redacted text is a leak, not chance.
 fn password() -> impl Strategy<Value = String> {
-    let separator = prop_oneof![Just('/'), Just('?'), Just('#'), Just('@'), Just(':'), Just('&'), Just('='), Just('%'), Just(' '), Just('\''), Just('\\')];
+    let separator = prop_oneof![
+        Just('/'),
+        Just('?'),
+        Just('#'),
+        Just('@'),
+        Just(':'),
+        Just('&'),
+        Just('='),
+        Just('%'),
+        Just(' '),
+        Just('\''),
+        Just('\\')
+    ];
     proptest::collection::vec(proptest::option::weighted(0.4, separator), 1..14).prop_map(|tokens| {
         let mut letters = 'A'..='Z';
         let mut pw: String = tokens.into_iter().map(|t| t.unwrap_or_else(|| letters.next().unwrap_or('Z'))).collect();
@@ -33,9 +45,7 @@ fn encode(pw: &str, percent: bool) -> String {
     if !percent {
         return pw.to_owned();
     }
-    pw.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02x}") })
-        .collect()
+    pw.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02x}") }).collect()
 }
 
 fn lower_word() -> impl Strategy<Value = String> {
@@ -46,7 +56,10 @@ fn lower_word() -> impl Strategy<Value = String> {
 fn assert_hidden(original: &str, pw: &str) {
     let redacted = redact_url(original);
     assert!(has_password(original), "the detector misses the password {pw:?} of {original:?}");
-    assert!(!redacted.chars().any(|c| c.is_ascii_uppercase() && pw.contains(c)), "{original:?} redacts to {redacted:?}, which keeps part of {pw:?}");
+    assert!(
+        !redacted.chars().any(|c| c.is_ascii_uppercase() && pw.contains(c)),
+        "{original:?} redacts to {redacted:?}, which keeps part of {pw:?}"
+    );
 }
 
 fn postgres_password(s: &str) -> Option<String> {
@@ -159,7 +172,9 @@ fn pw_kv() -> impl Strategy<Value = String> {
         if quoted {
             format!("'{}'", pw.replace('\\', "\\\\").replace('\'', "\\'"))
         } else {
-            pw.chars().flat_map(|c| if c.is_whitespace() || c == '\\' || c == '\'' { vec!['\\', c] } else { vec![c] }).collect()
+            pw.chars()
+                .flat_map(|c| if c.is_whitespace() || c == '\\' || c == '\'' { vec!['\\', c] } else { vec![c] })
+                .collect()
         }
     })
 }
@@ -177,7 +192,11 @@ fn examples_from_the_field() {
         assert!(has_password(s), "{s}");
         assert!(!redact_url(s).contains("ecret") && !redact_url(s).contains("pa/ss"), "{}", redact_url(s));
     }
-    for s in ["redis://:Se%2Fcret@127.0.0.1:6379/0", "redis+unix:///run/redis.sock?pass=Se%2Fcret&db=1", "unix:/run/redis.sock?db=1&pass=Secret"] {
+    for s in [
+        "redis://:Se%2Fcret@127.0.0.1:6379/0",
+        "redis+unix:///run/redis.sock?pass=Se%2Fcret&db=1",
+        "unix:/run/redis.sock?db=1&pass=Secret",
+    ] {
         check_redis(s);
         assert!(has_password(s), "{s}");
         assert!(!redact_url(s).contains("cret"), "{}", redact_url(s));

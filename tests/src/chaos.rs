@@ -108,7 +108,8 @@ pub fn run(duration: Duration, seed: u64) -> Report {
     let (ops, failed, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut threads = Vec::new();
     for w in 0..3u64 {
-        let (url, stop, changes, ops, failed) = (env.servers.pg.url("postgres"), stop.clone(), changes.clone(), ops.clone(), failed.clone());
+        let (url, stop, changes, ops, failed) =
+            (env.servers.pg.url("postgres"), stop.clone(), changes.clone(), ops.clone(), failed.clone());
         threads.push(std::thread::spawn(move || writer(&url, seed + w, &stop, &changes, &ops, &failed)));
     }
     for r in 0..2u64 {
@@ -203,7 +204,11 @@ fn writer(url: &str, seed: u64, stop: &AtomicBool, changes: &Mutex<Vec<Change>>,
                 // Unique violations and serialization hiccups are normal; a lost connection
                 // leaves the outcome unknown, so the change is not counted as committed.
                 failed.fetch_add(1, Ordering::Relaxed);
-                if e.is_closed() || e.as_db_error().is_none() || e.as_db_error().is_some_and(|d| d.code().code().starts_with("57") || d.code().code().starts_with("08")) {
+                if e.is_closed()
+                    || e.as_db_error().is_none()
+                    || e.as_db_error()
+                        .is_some_and(|d| d.code().code().starts_with("57") || d.code().code().starts_with("08"))
+                {
                     pg = None;
                 }
             }
@@ -216,7 +221,8 @@ fn reader(url: &str, seed: u64, stop: &AtomicBool, reads: &AtomicU64) {
     let mut conn: Option<redis::Connection> = None;
     while !stop.load(Ordering::Relaxed) {
         let Some(r) = conn.as_mut() else {
-            conn = redis::Client::open(url).and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500))).ok();
+            conn =
+                redis::Client::open(url).and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500))).ok();
             if let Some(c) = conn.as_mut() {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
             } else {
@@ -284,7 +290,14 @@ fn verify_stream(redis: &mut redis::Connection, changes: &[Change], report: &mut
     let mut events: Vec<(String, String, Option<i64>, Option<i64>)> = Vec::new();
     let mut from = "-".to_string();
     loop {
-        let batch: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE").arg("postgres.public.chaos").arg(&from).arg("+").arg("COUNT").arg(10_000).query(redis).unwrap_or_default();
+        let batch: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg("postgres.public.chaos")
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query(redis)
+            .unwrap_or_default();
         let last = batch.last().map(|(id, _)| id.clone());
         for (id, fields) in &batch {
             if *id == from {
@@ -293,7 +306,8 @@ fn verify_stream(redis: &mut redis::Connection, changes: &[Change], report: &mut
             let key = fields.iter().find(|(f, _)| f == "key").map(|(_, v)| v.clone()).unwrap_or_default();
             let value = fields.iter().find(|(f, _)| f == "value").map(|(_, v)| v.clone()).unwrap_or_default();
             if let Ok(ev) = serde_json::from_str::<pg_redis_shared::ChangeEvent>(&value) {
-                let v = |row: &Option<pg_redis_shared::Row>| row.as_ref().and_then(|r| r.get("v")).and_then(|v| v.as_i64());
+                let v =
+                    |row: &Option<pg_redis_shared::Row>| row.as_ref().and_then(|r| r.get("v")).and_then(|v| v.as_i64());
                 let op = format!("{:?}", ev.op);
                 events.push((key, op, v(&ev.before), v(&ev.after)));
             }
@@ -306,12 +320,21 @@ fn verify_stream(redis: &mut redis::Connection, changes: &[Change], report: &mut
     report.events_delivered = events.len();
     let mut seen = HashSet::new();
     report.duplicates = events.iter().filter(|e| !seen.insert((*e).clone())).count();
-    let writes: HashSet<(String, i64)> = events.iter().filter_map(|(k, _, _, after)| after.map(|a| (k.clone(), a))).collect();
-    let deletes: HashSet<(String, i64)> = events.iter().filter(|(_, op, _, _)| op == "Delete").filter_map(|(k, _, before, _)| before.map(|b| (k.clone(), b))).collect();
+    let writes: HashSet<(String, i64)> =
+        events.iter().filter_map(|(k, _, _, after)| after.map(|a| (k.clone(), a))).collect();
+    let deletes: HashSet<(String, i64)> = events
+        .iter()
+        .filter(|(_, op, _, _)| op == "Delete")
+        .filter_map(|(k, _, before, _)| before.map(|b| (k.clone(), b)))
+        .collect();
     for c in changes {
         let (present, what) = match c {
-            Change::Write { key, v } => (writes.contains(&(format!("chaos:{key}"), *v)), format!("write of chaos:{key} version {v}")),
-            Change::Delete { key, v } => (deletes.contains(&(format!("chaos:{key}"), *v)), format!("delete of chaos:{key} version {v}")),
+            Change::Write { key, v } => {
+                (writes.contains(&(format!("chaos:{key}"), *v)), format!("write of chaos:{key} version {v}"))
+            }
+            Change::Delete { key, v } => {
+                (deletes.contains(&(format!("chaos:{key}"), *v)), format!("delete of chaos:{key} version {v}"))
+            }
         };
         if !present {
             report.lost_changes.push(format!("lost: {what}"));
@@ -325,7 +348,9 @@ fn verify_stream(redis: &mut redis::Connection, changes: &[Change], report: &mut
             if first.insert((k.clone(), *v)) {
                 let prev = last_seen.insert(k.clone(), *v);
                 if prev.is_some_and(|p| p > *v) {
-                    report.order_violations.push(format!("order: {k} got version {v} after {}", prev.unwrap_or_default()));
+                    report
+                        .order_violations
+                        .push(format!("order: {k} got version {v} after {}", prev.unwrap_or_default()));
                 }
             }
         }

@@ -40,7 +40,8 @@ pub fn expected(pg: &mut postgres::Client, m: &TableMapping) -> BTreeMap<String,
     for (name, value) in pg_redis_shared::encoding::CANONICAL_SETTINGS {
         tx.execute("SELECT set_config($1, $2, true)", &[name, value]).expect("set_config");
     }
-    let rows = tx.query(&format!("SELECT to_jsonb(t.*)::text FROM {} t", m.quoted_name()), &[]).expect("reading the table");
+    let rows =
+        tx.query(&format!("SELECT to_jsonb(t.*)::text FROM {} t", m.quoted_name()), &[]).expect("reading the table");
     tx.commit().expect("COMMIT");
     rows.iter().map(|r| m.encode_text(r.get::<_, &str>(0)).expect("encodable row")).collect()
 }
@@ -89,12 +90,20 @@ fn compare(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str
             Some(got) if got == value => {}
             None if misses_allowed => match (&value, read_through(redis, key)) {
                 (Encoded::Json(want), Ok(Some(got))) if got == *want => {}
-                (_, got) => problems.push(format!("{key}: absent, and PG.GET read through {got:?}, the row is {value:?}")),
+                (_, got) => {
+                    problems.push(format!("{key}: absent, and PG.GET read through {got:?}, the row is {value:?}"))
+                }
             },
             got => problems.push(format!("{key}: Redis has {got:?}, the row is {value:?}")),
         }
     }
-    let keys: BTreeSet<String> = redis::cmd("KEYS").arg(m.key.scan_pattern()).query::<Vec<String>>(redis).expect("KEYS").into_iter().filter(|k| m.key.matches(k)).collect();
+    let keys: BTreeSet<String> = redis::cmd("KEYS")
+        .arg(m.key.scan_pattern())
+        .query::<Vec<String>>(redis)
+        .expect("KEYS")
+        .into_iter()
+        .filter(|k| m.key.matches(k))
+        .collect();
     for k in keys {
         if !want.contains_key(&k) {
             problems.push(format!("{k}: in Redis, but no such row"));
@@ -130,5 +139,7 @@ pub fn wait_synced(pg: &mut postgres::Client, ms: i32) {
 }
 
 pub fn status(pg: &mut postgres::Client) -> Vec<String> {
-    pg.query("SELECT s::text FROM redis.status s", &[]).map(|rows| rows.iter().map(|r| r.get(0)).collect()).unwrap_or_default()
+    pg.query("SELECT s::text FROM redis.status s", &[])
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
 }

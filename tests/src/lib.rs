@@ -38,7 +38,9 @@ impl Env {
     }
 
     pub fn sql(&mut self, sql: &str) {
-        self.pg.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())));
+        self.pg.batch_execute(sql).unwrap_or_else(|e| {
+            panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string()))
+        });
     }
 
     /// The SQL error a statement raises: (SQLSTATE, message).

@@ -25,7 +25,9 @@ fn wait_mappings(env: &mut Env, n: i64) {
 fn ten_megabyte_rows() {
     let mut env = Env::start("bad_big_rows");
     env.sql("CREATE TABLE big (id int PRIMARY KEY, blob text); INSERT INTO big VALUES (1, repeat('x', 10000000)); SELECT redis.sync_table('big', stream => false)");
-    env.sql("UPDATE big SET blob = repeat('y', 10000000) WHERE id = 1; INSERT INTO big VALUES (2, repeat('z', 10000000))");
+    env.sql(
+        "UPDATE big SET blob = repeat('y', 10000000) WHERE id = 1; INSERT INTO big VALUES (2, repeat('z', 10000000))",
+    );
     env.wait_synced();
     env.assert_consistent("big");
     let _: () = redis::cmd("DEL").arg("big:2").query(&mut env.redis).unwrap();
@@ -52,7 +54,23 @@ fn sixteen_hundred_columns() {
 fn awkward_key_values_round_trip() {
     let mut env = Env::start("bad_odd_keys");
     env.sql("CREATE TABLE odd (k text PRIMARY KEY, v text)");
-    let values = ["a:b", "{x}", "}", "{", "q\"uote", "it's", "sp ace", "☃ ü 🎉", "users:1; DROP TABLE users", "%3A", "%", "", "\\", "new\nline", "tab\tx"];
+    let values = [
+        "a:b",
+        "{x}",
+        "}",
+        "{",
+        "q\"uote",
+        "it's",
+        "sp ace",
+        "☃ ü 🎉",
+        "users:1; DROP TABLE users",
+        "%3A",
+        "%",
+        "",
+        "\\",
+        "new\nline",
+        "tab\tx",
+    ];
     let mut pg = env.pg_client();
     for v in values {
         pg.execute("INSERT INTO odd VALUES ($1, $1)", &[&v]).unwrap();
@@ -63,8 +81,17 @@ fn awkward_key_values_round_trip() {
     let m = check::mapping_of(&mut env.pg, "odd");
     for v in values {
         let key = m.key.render_values(&[v]).unwrap();
-        let got: Option<String> = redis::cmd("PG.GET").arg(&key).query(&mut env.redis).unwrap_or_else(|e| panic!("{key}: {e}"));
-        let want = m.encode_text(&env.pg.query_one("SELECT to_jsonb(t)::text FROM odd t WHERE k = $1", &[&v]).unwrap().get::<_, String>(0)).unwrap().1;
+        let got: Option<String> =
+            redis::cmd("PG.GET").arg(&key).query(&mut env.redis).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let want = m
+            .encode_text(
+                &env.pg
+                    .query_one("SELECT to_jsonb(t)::text FROM odd t WHERE k = $1", &[&v])
+                    .unwrap()
+                    .get::<_, String>(0),
+            )
+            .unwrap()
+            .1;
         assert_eq!(got.map(Encoded::Json), Some(want), "{key:?}");
     }
     env.sql("SELECT redis.resync('odd')");
@@ -85,7 +112,13 @@ fn objects_that_cannot_be_synced_are_refused() {
          CREATE SEQUENCE s; CREATE EXTENSION postgres_fdw; CREATE SERVER srv FOREIGN DATA WRAPPER postgres_fdw;
          CREATE FOREIGN TABLE ft (id int) SERVER srv; CREATE TEMP TABLE tmp (id int PRIMARY KEY);",
     );
-    for (obj, what) in [("v", "a view"), ("mv", "a materialized view"), ("s", "a sequence"), ("ft", "a foreign table"), ("tmp", "temporary table")] {
+    for (obj, what) in [
+        ("v", "a view"),
+        ("mv", "a materialized view"),
+        ("s", "a sequence"),
+        ("ft", "a foreign table"),
+        ("tmp", "temporary table"),
+    ] {
         let (code, msg) = env.sql_error(&format!("SELECT redis.sync_table('{obj}')"));
         assert_eq!(code, "42809", "{obj}: {msg}");
         assert!(msg.contains(what), "{obj}: {msg}");
@@ -97,7 +130,15 @@ fn unlogged_tables_are_synced_with_a_warning() {
     let env = Env::start("bad_unlogged");
     let notices = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = notices.clone();
-    let mut pg = env.servers.pg.url("postgres").parse::<postgres::Config>().unwrap().notice_callback(move |n| sink.lock().unwrap().push(n.message().to_owned())).connect(postgres::NoTls).unwrap();
+    let mut pg = env
+        .servers
+        .pg
+        .url("postgres")
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_owned()))
+        .connect(postgres::NoTls)
+        .unwrap();
     pg.batch_execute("CREATE UNLOGGED TABLE u (id int PRIMARY KEY, v text); INSERT INTO u VALUES (1, 'a'); SELECT redis.sync_table('u')").unwrap();
     let seen = notices.lock().unwrap().clone();
     assert!(seen.iter().any(|n| n.contains("UNLOGGED") && n.contains("resync")), "{seen:?}");
@@ -166,7 +207,8 @@ fn renamed_dropped_and_altered_tables() {
     env.sql("ALTER TABLE a_renamed DROP COLUMN y; UPDATE a_renamed SET x = 'after' WHERE id = 2");
     env.wait_synced();
     assert_eq!(env.get("a:2").as_deref(), Some(r#"{"x":"after"}"#));
-    let cols: Vec<String> = env.pg.query_one("SELECT columns FROM redis.tables WHERE rel_name = 'a_renamed'", &[]).unwrap().get(0);
+    let cols: Vec<String> =
+        env.pg.query_one("SELECT columns FROM redis.tables WHERE rel_name = 'a_renamed'", &[]).unwrap().get(0);
     assert_eq!(cols, vec!["x".to_string()]);
     // A key column cannot be dropped while it makes the key.
     env.sql("SELECT redis.sync_table('a_renamed', key => 'a:{code}', columns => ARRAY['x'])");
@@ -191,7 +233,8 @@ fn module_commands_with_garbage() {
     env.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 1000) g; SELECT redis.sync_table('t', backfill => false)");
     env.wait_synced();
     wait_mappings(&mut env, 1);
-    let garbage: &[&[u8]] = &[b"\xff\xfe\x00\x01", b"t:\x00", b"t:\xff", b"", b"t:", b"t:99999999999999999999", b"t:-1", b"t:1.5"];
+    let garbage: &[&[u8]] =
+        &[b"\xff\xfe\x00\x01", b"t:\x00", b"t:\xff", b"", b"t:", b"t:99999999999999999999", b"t:-1", b"t:1.5"];
     for g in garbage {
         match redis::cmd("PG.GET").arg(*g).query::<Option<String>>(&mut env.redis) {
             Ok(None) => {}
@@ -230,14 +273,23 @@ fn redis_errors_keep_events_and_other_tables_flow() {
     env.sql("INSERT INTO other VALUES (1)");
     let t0 = Instant::now();
     loop {
-        let err: Option<String> = env.pg.query_one("SELECT last_error FROM redis.status WHERE table_name = 'users'::regclass", &[]).unwrap().get(0);
+        let err: Option<String> = env
+            .pg
+            .query_one("SELECT last_error FROM redis.status WHERE table_name = 'users'::regclass", &[])
+            .unwrap()
+            .get(0);
         if err.as_deref().is_some_and(|e| e.contains("WRONGTYPE")) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "status never showed WRONGTYPE: {:?}", check::status(&mut env.pg));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "status never showed WRONGTYPE: {:?}",
+            check::status(&mut env.pg)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let queued: i64 = env.pg.query_one("SELECT queued FROM redis.status WHERE table_name = 'users'::regclass", &[]).unwrap().get(0);
+    let queued: i64 =
+        env.pg.query_one("SELECT queued FROM redis.status WHERE table_name = 'users'::regclass", &[]).unwrap().get(0);
     assert!(queued >= 1, "the refused events stay queued");
     let t0 = Instant::now();
     while env.get("other:1").is_none() {
@@ -248,14 +300,20 @@ fn redis_errors_keep_events_and_other_tables_flow() {
     env.wait_synced();
     env.assert_consistent("users");
     // Out of memory: events wait, then arrive once memory is there.
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut env.redis).unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut env.redis).unwrap();
     let used: String = redis::cmd("INFO").arg("memory").query(&mut env.redis).unwrap();
     let used: u64 = used.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg((used + 1024).to_string()).query(&mut env.redis).unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg((used + 1024).to_string()).query(&mut env.redis).unwrap();
     env.sql("INSERT INTO users SELECT g, g FROM generate_series(100, 2000) g");
     let t0 = Instant::now();
     loop {
-        let err: Option<String> = env.pg.query_one("SELECT last_error FROM redis.status WHERE table_name = 'users'::regclass", &[]).unwrap().get(0);
+        let err: Option<String> = env
+            .pg
+            .query_one("SELECT last_error FROM redis.status WHERE table_name = 'users'::regclass", &[])
+            .unwrap()
+            .get(0);
         if err.as_deref().is_some_and(|e| e.contains("OOM")) {
             break;
         }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 const TYPES_TABLE: &str = include_str!("types_table.sql");
 
 /// Session settings that change how PostgreSQL prints values, none of them the canonical one.
-const ODD_SETTINGS: &str = "SET TimeZone = 'Europe/Paris'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'; \
+const ODD_SETTINGS: &str =
+    "SET TimeZone = 'Europe/Paris'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'; \
      SET bytea_output = 'escape'; SET extra_float_digits = 0";
 
 fn keys(env: &mut Env, pattern: &str) -> Vec<String> {
@@ -95,9 +96,11 @@ fn user_column_names_never_change_the_projects_queries() {
 fn a_refused_queued_command_is_not_overtaken() {
     let mut env = Env::start("cons_command_order");
     let used: String = redis::cmd("INFO").arg("memory").query(&mut env.redis).unwrap();
-    let used: u64 = used.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap();
+    let used: u64 =
+        used.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap();
     // Out of memory: writes that grow memory are refused, deletes still run.
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut env.redis).unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut env.redis).unwrap();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used / 2).query(&mut env.redis).unwrap();
     env.sql("SELECT redis.on_commit('RPUSH', 'log', 'first')");
     env.sql("SELECT redis.on_commit('DEL', 'log')");
@@ -116,7 +119,10 @@ fn a_refused_queued_command_is_not_overtaken() {
 
 #[test]
 fn a_batch_abandoned_by_an_error_never_lands_after_newer_writes() {
-    let mut env = Env::with(Options { pg_settings: vec![("pg_redis.batch_size".into(), "1".into()), ("pg_redis.retry_max_ms".into(), "200".into())], ..Options::named("cons_abandoned") });
+    let mut env = Env::with(Options {
+        pg_settings: vec![("pg_redis.batch_size".into(), "1".into()), ("pg_redis.retry_max_ms".into(), "200".into())],
+        ..Options::named("cons_abandoned")
+    });
     env.sql("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT redis.sync_table('t')");
     let mapping: i64 = env.pg.query_one("SELECT mapping_id FROM redis.tables", &[]).unwrap().get(0);
     for round in 0..3 {
@@ -145,12 +151,19 @@ fn a_batch_abandoned_by_an_error_never_lands_after_newer_writes() {
 /// Peak resident memory of a process, from /proc.
 fn peak_rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
 fn large_rows_are_delivered_in_bounded_memory() {
-    let mut env = Env::with(Options { pg_settings: vec![("pg_redis.stream_maxlen".into(), "10".into())], ..Options::named("cons_large_rows") });
+    let mut env = Env::with(Options {
+        pg_settings: vec![("pg_redis.stream_maxlen".into(), "10".into())],
+        ..Options::named("cons_large_rows")
+    });
     env.sql("CREATE TABLE big (id int PRIMARY KEY, body text); INSERT INTO big SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 1000) g");
     env.sql("SELECT redis.sync_table('big', stream => false)");
     env.wait_synced();
@@ -161,7 +174,11 @@ fn large_rows_are_delivered_in_bounded_memory() {
     env.sql("UPDATE big SET body = body || 'x'");
     check::wait_synced(&mut env.pg, 120_000);
     let peak = peak_rss_kb(worker);
-    println!("worker peak RSS while delivering 1000 x 1 MB row updates: {} MB ({:.1} s)", peak / 1024, t0.elapsed().as_secs_f64());
+    println!(
+        "worker peak RSS while delivering 1000 x 1 MB row updates: {} MB ({:.1} s)",
+        peak / 1024,
+        t0.elapsed().as_secs_f64()
+    );
     assert!(peak > 0 && peak < 512 * 1024, "peak RSS {peak} kB");
     env.assert_consistent("big");
 }
@@ -178,7 +195,10 @@ fn backfill_of_very_large_rows_succeeds() {
     println!("sync_table on 500 rows of 10 MB: {queued} rows queued in {:.1} s", t0.elapsed().as_secs_f64());
     assert_eq!(queued, 500);
     let (n, bytes): (i64, i64) = {
-        let r = env.pg.query_one("SELECT count(*), sum(octet_length(new_row::text))::int8 FROM redis.outbox WHERE op = 'r'", &[]).unwrap();
+        let r = env
+            .pg
+            .query_one("SELECT count(*), sum(octet_length(new_row::text))::int8 FROM redis.outbox WHERE op = 'r'", &[])
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(n, 500);

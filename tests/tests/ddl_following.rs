@@ -184,7 +184,8 @@ fn renamed_key_and_stored_columns_keep_flowing() {
     let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
     assert!(written > 10, "the writers wrote {written} times");
     synced(&mut env, "users");
-    let template: String = env.pg.query_one("SELECT key_template FROM redis.tables WHERE rel_name = 'users'", &[]).unwrap().get(0);
+    let template: String =
+        env.pg.query_one("SELECT key_template FROM redis.tables WHERE rel_name = 'users'", &[]).unwrap().get(0);
     assert_eq!(template, "users:{uid}");
     assert_eq!(env.get("users:7").as_deref(), Some(r#"{"uid":7,"email":"e7","full_name":"n7"}"#));
     // The key column and the stored column of a hash table.
@@ -204,20 +205,28 @@ fn renamed_key_and_stored_columns_keep_flowing() {
             loop {
                 match redis::cmd("PG.GET").arg(key).query::<Option<String>>(&mut env.redis) {
                     Ok(v) => return v,
-                    Err(e) => assert!(t0.elapsed() < Duration::from_secs(5), "read-through of {key} after the rename: {e}"),
+                    Err(e) => {
+                        assert!(t0.elapsed() < Duration::from_secs(5), "read-through of {key} after the rename: {e}")
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         })();
         let want = if want.is_empty() {
-            env.pg.query_one("SELECT to_jsonb(u)::text FROM users u WHERE uid = 1000", &[]).unwrap().get::<_, String>(0).replace(": ", ":").replace(", ", ",")
+            env.pg
+                .query_one("SELECT to_jsonb(u)::text FROM users u WHERE uid = 1000", &[])
+                .unwrap()
+                .get::<_, String>(0)
+                .replace(": ", ":")
+                .replace(", ", ",")
         } else {
             want.to_string()
         };
         assert_eq!(got.as_deref(), Some(want.as_str()), "{key}");
     }
     let _: () = redis::cmd("DEL").arg("items:s2").query(&mut env.redis).unwrap();
-    let h: std::collections::BTreeMap<String, String> = redis::cmd("PG.GET").arg("items:s2").query(&mut env.redis).unwrap();
+    let h: std::collections::BTreeMap<String, String> =
+        redis::cmd("PG.GET").arg("items:s2").query(&mut env.redis).unwrap();
     assert_eq!(h.get("quantity").map(String::as_str), Some("2"));
     check::wait_synced(&mut env.pg, 10_000);
     env.assert_consistent("users");
@@ -255,10 +264,16 @@ fn a_template_copy_leaves_the_original_keys_alone() {
     app.batch_execute("UPDATE t SET v = 'app later' WHERE id = 20").unwrap();
     check::wait_synced(&mut app, 20_000);
     // The copy says why it does not deliver.
-    eventually("the copy's worker reports the pause", Duration::from_secs(10), || status_of(&mut copy).0.as_deref() == Some("paused: copied database"));
+    eventually("the copy's worker reports the pause", Duration::from_secs(10), || {
+        status_of(&mut copy).0.as_deref() == Some("paused: copied database")
+    });
     let (_, why) = status_of(&mut copy);
-    assert!(why.as_deref().is_some_and(|w| w.contains("copy of database \"app\"") && w.contains("redis.adopt_copy()")), "{why:?}");
-    let last_error: Option<String> = copy.query_one("SELECT last_error FROM redis.status WHERE table_name = 't'::regclass", &[]).unwrap().get(0);
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("copy of database \"app\"") && w.contains("redis.adopt_copy()")),
+        "{why:?}"
+    );
+    let last_error: Option<String> =
+        copy.query_one("SELECT last_error FROM redis.status WHERE table_name = 't'::regclass", &[]).unwrap().get(0);
     assert!(last_error.is_some_and(|e| e.contains("adopt_copy")));
     std::thread::sleep(Duration::from_secs(1));
     check::assert_consistent(&mut app, &mut redis, "t");
@@ -273,7 +288,9 @@ fn a_template_copy_leaves_the_original_keys_alone() {
     let url = env.servers.redis.url().replace("/0", "/1");
     copy.batch_execute(&format!("ALTER DATABASE copy SET pg_redis.url = '{url}'; SELECT redis.adopt_copy()")).unwrap();
     let mut copy = env.servers.pg.connect("copy").unwrap();
-    eventually("the adopted copy delivers", Duration::from_secs(20), || copy.query_one("SELECT redis.wait_synced(1000)", &[]).unwrap().get::<_, bool>(0));
+    eventually("the adopted copy delivers", Duration::from_secs(20), || {
+        copy.query_one("SELECT redis.wait_synced(1000)", &[]).unwrap().get::<_, bool>(0)
+    });
     let mut db1 = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
     check::assert_consistent(&mut copy, &mut db1, "t");
     check::assert_consistent(&mut app, &mut redis, "t");
@@ -283,9 +300,11 @@ fn a_template_copy_leaves_the_original_keys_alone() {
 fn still_delivering(app: &mut postgres::Client, redis: &mut redis::Connection, value: &str) {
     app.execute("UPDATE t SET v = $1 WHERE id = 1", &[&value]).unwrap();
     let want = format!(r#"{{"v":"{value}","id":1}}"#);
-    eventually(&format!("a change after the refused statement ({value}) reached Redis"), Duration::from_secs(8), || {
-        redis::cmd("GET").arg("t:1").query::<Option<String>>(redis).unwrap().as_deref() == Some(want.as_str())
-    });
+    eventually(
+        &format!("a change after the refused statement ({value}) reached Redis"),
+        Duration::from_secs(8),
+        || redis::cmd("GET").arg("t:1").query::<Option<String>>(redis).unwrap().as_deref() == Some(want.as_str()),
+    );
 }
 
 #[test]

@@ -70,7 +70,8 @@ fn module_loads_with_unreachable_postgres_and_names_the_host() {
     std::fs::write(&secret_file, "hunter2-secret\n").unwrap();
     let mut opts = Options::named("foundation_module_bad_url");
     opts.module_pg_url = Some("postgresql://app@127.0.0.1:1/nowhere".into());
-    opts.module_args = vec!["pg_password_file".into(), secret_file.display().to_string(), "query_timeout_ms".into(), "1000".into()];
+    opts.module_args =
+        vec!["pg_password_file".into(), secret_file.display().to_string(), "query_timeout_ms".into(), "1000".into()];
     let s = Servers::start(&opts).unwrap();
     let mut r = s.redis.client().unwrap();
     for _ in 0..3 {
@@ -107,16 +108,29 @@ fn module_password_comes_from_a_file_never_from_the_url() {
     let s = start("foundation_module_config_set");
     let mut r = s.redis.client().unwrap();
     let url = format!("postgresql://postgres:hunter2@127.0.0.1:{}/postgres", s.pg.port);
-    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg(&url).query::<()>(&mut r).unwrap_err().to_string();
+    let err =
+        redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg(&url).query::<()>(&mut r).unwrap_err().to_string();
     assert!(err.contains("must not carry a password") && err.contains("pg_password_file"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
-    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg("x\0y").query::<()>(&mut r).unwrap_err().to_string();
+    let err =
+        redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg("x\0y").query::<()>(&mut r).unwrap_err().to_string();
     assert!(err.contains("NUL"), "{err}");
-    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_password_file").arg("a\0b").query::<()>(&mut r).unwrap_err().to_string();
+    let err = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("redis_pg.pg_password_file")
+        .arg("a\0b")
+        .query::<()>(&mut r)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("NUL"), "{err}");
     let v: String = redis::cmd("PG.PING").query(&mut r).unwrap();
     assert!(v.starts_with("PostgreSQL"));
-    let err = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg("postgresql://u@h:notaport/db").query::<()>(&mut r).unwrap_err();
+    let err = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("redis_pg.pg_url")
+        .arg("postgresql://u@h:notaport/db")
+        .query::<()>(&mut r)
+        .unwrap_err();
     assert!(err.to_string().contains("not a PostgreSQL connection string"), "{err}");
     let info: String = redis::cmd("INFO").arg("redis_pg").query(&mut r).unwrap();
     assert!(info.contains("redis_pg_pg_url"), "{info}");
@@ -132,7 +146,11 @@ fn redis_url_is_superuser_only_and_never_logged() {
     pg.batch_execute("CREATE EXTENSION pg_redis; CREATE ROLE app LOGIN").unwrap();
     let pong: String = pg.query_one("SELECT redis.ping()", &[]).unwrap().get(0);
     assert_eq!(pong, "PONG");
-    let mut app = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=app dbname=postgres", s.pg.port), postgres::NoTls).unwrap();
+    let mut app = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=app dbname=postgres", s.pg.port),
+        postgres::NoTls,
+    )
+    .unwrap();
     let err = app.query_one("SHOW pg_redis.url", &[]).unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "42501", "insufficient_privilege");
     let rows = app.query("SELECT setting FROM pg_settings WHERE name = 'pg_redis.url'", &[]).unwrap();

@@ -32,7 +32,10 @@ fn users(env: &mut Env, rows: i32) {
 }
 
 fn pg_get(r: &mut redis::Connection, key: &str) -> Result<Option<String>, String> {
-    redis::cmd("PG.GET").arg(key).query(r).map_err(|e| format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or_default()))
+    redis::cmd("PG.GET")
+        .arg(key)
+        .query(r)
+        .map_err(|e| format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or_default()))
 }
 
 fn config_set(r: &mut redis::Connection, name: &str, value: &str) -> Result<(), String> {
@@ -94,7 +97,10 @@ fn read_through_ignores_session_defaults() {
     let got = eventually_reads(&mut env.redis, "typed:1", Duration::from_secs(10));
 
     let mut canonical = env.pg_client();
-    let defaults: String = canonical.query_one("SELECT current_setting('TimeZone') || ' ' || current_setting('bytea_output')", &[]).unwrap().get(0);
+    let defaults: String = canonical
+        .query_one("SELECT current_setting('TimeZone') || ' ' || current_setting('bytea_output')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(defaults, "Europe/Paris escape", "the new session runs under the altered defaults");
     for (name, value) in CANONICAL_SETTINGS {
         canonical.batch_execute(&format!("SET {name} = '{value}'")).unwrap();
@@ -102,7 +108,12 @@ fn read_through_ignores_session_defaults() {
     let text: String = canonical.query_one("SELECT to_jsonb(t.*)::text FROM typed t WHERE id = 1", &[]).unwrap().get(0);
     let want = encode_json(&parse_row(&text).unwrap());
     assert_eq!(got, want, "read-through bytes differ from the canonical session's");
-    assert!(got.contains(r#""ts":"2024-03-01T12:34:56.789+00:00""#) && got.contains(r#""b":"\\x00ff41""#) && got.contains(r#""f":0.30000000000000004"#), "{got}");
+    assert!(
+        got.contains(r#""ts":"2024-03-01T12:34:56.789+00:00""#)
+            && got.contains(r#""b":"\\x00ff41""#)
+            && got.contains(r#""f":0.30000000000000004"#),
+        "{got}"
+    );
     env.sql("ALTER DATABASE postgres RESET ALL; ALTER ROLE postgres RESET ALL;");
 }
 
@@ -123,14 +134,20 @@ fn pooled_connections_survive_a_postgres_restart() {
             assert!(matches!(v, Ok(Some(_))), "{k}: {v:?}");
         }
         round = (round + 1) % 2;
-        let _: i64 = redis::cmd("PG.INVALIDATE").arg((1..=4 * POOL).map(|i| format!("users:{i}")).collect::<Vec<_>>()).query(&mut env.redis).unwrap();
+        let _: i64 = redis::cmd("PG.INVALIDATE")
+            .arg((1..=4 * POOL).map(|i| format!("users:{i}")).collect::<Vec<_>>())
+            .query(&mut env.redis)
+            .unwrap();
     }
     env.servers.pg.restart().unwrap();
     env.pg = env.pg_client();
     // The first miss on every pooled connection (each died with the old server) reads the row.
     let keys: Vec<String> = (21..=20 + 3 * POOL).map(|i| format!("users:{i}")).collect();
     for (k, v) in concurrent_gets(&env, keys) {
-        assert!(matches!(&v, Ok(Some(row)) if row.contains(&format!("\"id\":{}", &k[6..]))), "{k} after the restart: {v:?}");
+        assert!(
+            matches!(&v, Ok(Some(row)) if row.contains(&format!("\"id\":{}", &k[6..]))),
+            "{k} after the restart: {v:?}"
+        );
     }
     assert!(stat(&mut env.redis, "pg_reconnects") >= 1, "dead connections were replaced");
 }
@@ -170,7 +187,8 @@ fn a_frozen_network_costs_bounded_time() {
             })
         })
         .collect();
-    let answers: Vec<(Duration, Duration, Result<Option<String>, String>)> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let answers: Vec<(Duration, Duration, Result<Option<String>, String>)> =
+        clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
     // After query_timeout + grace a stuck thread abandons its connection, and opening a new
     // one through the frozen path is bounded too: from then on, no refusal for a full queue.
     let settled = Duration::from_secs(5);

@@ -23,7 +23,11 @@ fn setup(name: &str) -> Env {
 }
 
 fn connect(env: &Env, role: &str) -> postgres::Client {
-    postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", env.servers.pg.port), postgres::NoTls).unwrap_or_else(|e| panic!("connecting as {role}: {e}"))
+    postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user={role} dbname=postgres", env.servers.pg.port),
+        postgres::NoTls,
+    )
+    .unwrap_or_else(|e| panic!("connecting as {role}: {e}"))
 }
 
 /// The SQL error of `sql` run by `client`: (SQLSTATE, message, hint).
@@ -46,7 +50,9 @@ fn refused(client: &mut postgres::Client, sql: &str, names: &str) {
 }
 
 fn ok(client: &mut postgres::Client, sql: &str) {
-    client.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())));
+    client.batch_execute(sql).unwrap_or_else(|e| {
+        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string()))
+    });
 }
 
 fn row_of_ann() -> Option<String> {
@@ -61,7 +67,11 @@ fn sql_commands_of_a_role_cannot_administer_redis_or_forge_synced_data() {
     refused(&mut app, "SELECT redis.command('CONFIG', 'SET', 'maxmemory', '1mb')", "CONFIG SET");
     refused(&mut app, "SELECT redis.command('acl', 'setuser', 'intruder', 'on', '>pw', '~*', '+@all')", "ACL SETUSER");
     refused(&mut app, "SELECT redis.command('FLUSHALL')", "FLUSHALL");
-    refused(&mut app, "SELECT redis.command('EVAL', 'return redis.call(''SET'', ''users:1'', ''forged'')', '0')", "EVAL");
+    refused(
+        &mut app,
+        "SELECT redis.command('EVAL', 'return redis.call(''SET'', ''users:1'', ''forged'')', '0')",
+        "EVAL",
+    );
     refused(&mut app, "SELECT redis.command('FUNCTION', 'FLUSH')", "FUNCTION FLUSH");
     refused(&mut app, "SELECT redis.command('MODULE', 'UNLOAD', 'redis_pg')", "MODULE UNLOAD");
     refused(&mut app, "SELECT redis.command('SELECT', '1')", "SELECT");
@@ -80,7 +90,11 @@ fn sql_commands_of_a_role_cannot_administer_redis_or_forge_synced_data() {
     refused(&mut app, &format!("SELECT redis.publish('{CHANNEL}', 'forged event')"), CHANNEL);
     refused(&mut app, "SELECT redis.command('RENAME', 'mine', 'users:1')", "users:1");
     refused(&mut app, "SELECT redis.command('ZUNIONSTORE', 'users:9', '1', 'z')", "users:9");
-    refused(&mut app, "SELECT redis.command('SET', 'pg_redis:mappings:postgres', 'forged')", "pg_redis:mappings:postgres");
+    refused(
+        &mut app,
+        "SELECT redis.command('SET', 'pg_redis:mappings:postgres', 'forged')",
+        "pg_redis:mappings:postgres",
+    );
     refused(&mut app, "SELECT redis.set('pg_redis:revoke', 'users:1')", "pg_redis:revoke");
     // Nothing of it reached Redis.
     assert_eq!(env.get("users:1"), row_of_ann());
@@ -176,7 +190,8 @@ fn on_commit_is_refused_when_queued_even_with_redis_down() {
 
 /// The README's first ```sql block after `heading` that contains `text`.
 fn readme_recipe(heading: &str, text: &str) -> String {
-    let readme = std::fs::read_to_string(pg_redis_tests::harness::workspace_root().join("README.md")).expect("README.md");
+    let readme =
+        std::fs::read_to_string(pg_redis_tests::harness::workspace_root().join("README.md")).expect("README.md");
     let at = readme.find(heading).unwrap_or_else(|| panic!("README has no {heading}"));
     readme[at..]
         .split("```")
@@ -208,13 +223,17 @@ fn the_documented_grant_recipes_work_for_the_roles_they_grant() {
     let v: Option<String> = app.query_one("SELECT redis.get('session:1')", &[]).unwrap().get(0);
     assert_eq!(v.as_deref(), Some("x"));
     ok(&mut app, "BEGIN; SELECT redis.on_commit('DEL', 'session:1'); COMMIT");
-    let synced: bool = app.query_one("SELECT redis.wait_synced(20000)", &[]).unwrap_or_else(|e| panic!("wait_synced as app: {e}")).get(0);
+    let synced: bool = app
+        .query_one("SELECT redis.wait_synced(20000)", &[])
+        .unwrap_or_else(|e| panic!("wait_synced as app: {e}"))
+        .get(0);
     assert!(synced);
     assert_eq!(env.get("session:1"), None, "the queued DEL ran");
     assert_eq!(env.get("orders:1").as_deref(), Some(r#"{"id":1,"total":10}"#));
     let tables: i64 = app.query_one("SELECT count(*) FROM redis.tables", &[]).unwrap().get(0);
     assert_eq!(tables, 1);
-    let workers: i64 = app.query_one("SELECT count(*) FROM redis.status WHERE worker_pid IS NOT NULL", &[]).unwrap().get(0);
+    let workers: i64 =
+        app.query_one("SELECT count(*) FROM redis.status WHERE worker_pid IS NOT NULL", &[]).unwrap().get(0);
     assert!(workers >= 1);
     let state: Option<String> = app.query_one("SELECT state FROM redis.worker_status()", &[]).unwrap().get(0);
     assert!(state.is_some());
@@ -228,7 +247,8 @@ fn the_documented_module_role_reads_through() {
          INSERT INTO users VALUES (1, 'one'); INSERT INTO products VALUES (1, 'thing');
          SELECT redis.sync_table('users', backfill => false); SELECT redis.sync_table('products', backfill => false);",
     );
-    let recipe = readme_recipe("## The Redis module", "CREATE ROLE cache_reader").replace("PASSWORD '...'", "PASSWORD 'pw'");
+    let recipe =
+        readme_recipe("## The Redis module", "CREATE ROLE cache_reader").replace("PASSWORD '...'", "PASSWORD 'pw'");
     env.sql(&recipe);
     env.wait_synced();
     let url = format!("postgresql://cache_reader@127.0.0.1:{}/postgres", env.servers.pg.port);
@@ -265,7 +285,9 @@ fn wait_synced_never_reports_success_when_it_cannot_read_the_queue() {
     // The queue no longer reads as pg_redis expects (its id is not an integer, so reading it
     // fails as a value error rather than an SQL ERROR): the change is pending, and wait_synced
     // must not take the failed read for an empty queue.
-    env.sql("ALTER TABLE redis.outbox RENAME COLUMN id TO seq; ALTER TABLE redis.outbox ADD COLUMN id numeric DEFAULT 1");
+    env.sql(
+        "ALTER TABLE redis.outbox RENAME COLUMN id TO seq; ALTER TABLE redis.outbox ADD COLUMN id numeric DEFAULT 1",
+    );
     match env.pg.query_one("SELECT redis.wait_synced(300)", &[]) {
         Ok(row) => assert!(!row.get::<_, bool>(0), "wait_synced said true while a change is queued and Redis is down"),
         Err(e) => {
@@ -277,9 +299,15 @@ fn wait_synced_never_reports_success_when_it_cannot_read_the_queue() {
 
 /// The README's `ACL SETUSER` lines, as Redis command arguments, in order.
 fn readme_acl_users() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(pg_redis_tests::harness::workspace_root().join("README.md")).expect("README.md");
+    let readme =
+        std::fs::read_to_string(pg_redis_tests::harness::workspace_root().join("README.md")).expect("README.md");
     let at = readme.find("**With a Redis ACL user.**").expect("README has the Redis ACL recipe");
-    readme[at..].lines().take_while(|l| !l.starts_with('#')).filter(|l| l.starts_with("ACL SETUSER")).map(|l| l.split_whitespace().map(str::to_owned).collect()).collect()
+    readme[at..]
+        .lines()
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with("ACL SETUSER"))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
 }
 
 #[test]
@@ -288,11 +316,13 @@ fn the_documented_redis_acl_users_work() {
     let users = readme_acl_users();
     assert_eq!(users.len(), 2, "{users:?}");
     for args in &users {
-        let _: () = redis::cmd(&args[0]).arg(&args[1..]).query(&mut env.redis).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let _: () =
+            redis::cmd(&args[0]).arg(&args[1..]).query(&mut env.redis).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     }
     // The worker's user delivers row changes, queued commands, purges and resyncs.
     let port = env.servers.redis.port;
-    let worker_recipe = readme_recipe("**With a Redis ACL user.**", "ALTER SYSTEM SET pg_redis.url").replace("redis.internal:6379", &format!("127.0.0.1:{port}"));
+    let worker_recipe = readme_recipe("**With a Redis ACL user.**", "ALTER SYSTEM SET pg_redis.url")
+        .replace("redis.internal:6379", &format!("127.0.0.1:{port}"));
     for statement in worker_recipe.split(';').filter(|s| !s.trim().is_empty()) {
         env.sql(statement);
     }
@@ -311,10 +341,12 @@ fn the_documented_redis_acl_users_work() {
     assert_eq!(env.get("users:2"), None);
     assert_eq!(env.get("gone:1"), None);
     assert_eq!(env.get("report:today").as_deref(), Some("stale"));
-    let errors: i64 = env.pg.query_one("SELECT count(*) FROM redis.status WHERE last_error IS NOT NULL", &[]).unwrap().get(0);
+    let errors: i64 =
+        env.pg.query_one("SELECT count(*) FROM redis.status WHERE last_error IS NOT NULL", &[]).unwrap().get(0);
     assert_eq!(errors, 0);
     // An application role's SQL sessions use the narrower user: its own keys only.
-    let recipe = readme_recipe("**With a Redis ACL user.**", "ALTER ROLE app SET pg_redis.url").replace("redis.internal:6379", &format!("127.0.0.1:{port}"));
+    let recipe = readme_recipe("**With a Redis ACL user.**", "ALTER ROLE app SET pg_redis.url")
+        .replace("redis.internal:6379", &format!("127.0.0.1:{port}"));
     env.sql(&format!("CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA redis TO app; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA redis TO app; {recipe}"));
     let mut app = connect(&env, "app");
     ok(&mut app, "SELECT redis.set('session:1', 'x'), redis.publish('news', 'hello')");

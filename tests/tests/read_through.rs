@@ -41,7 +41,10 @@ fn reply_error(e: &redis::RedisError) -> String {
 }
 
 /// `PG.GET users:<id>` for each id, each from its own thread and connection, all at once.
-fn gets_from_own_connections(env: &Env, ids: std::ops::RangeInclusive<u32>) -> Vec<std::thread::JoinHandle<Result<Option<String>, String>>> {
+fn gets_from_own_connections(
+    env: &Env,
+    ids: std::ops::RangeInclusive<u32>,
+) -> Vec<std::thread::JoinHandle<Result<Option<String>, String>>> {
     let url = env.servers.redis.url();
     ids.map(|i| {
         let url = url.clone();
@@ -65,7 +68,13 @@ fn miss_fills_then_hits() {
     assert_eq!(pg_get(&mut env.redis, "users:3").unwrap(), v);
     assert_eq!(stat(&mut env.redis, "pg_queries"), queries, "a hit does not query PostgreSQL");
     assert!(stat(&mut env.redis, "hits") >= 1 && stat(&mut env.redis, "fills") >= 1);
-    let many: Vec<Option<String>> = redis::cmd("PG.MGET").arg("users:1").arg("users:3").arg("users:404").arg("users:2").query(&mut env.redis).unwrap();
+    let many: Vec<Option<String>> = redis::cmd("PG.MGET")
+        .arg("users:1")
+        .arg("users:3")
+        .arg("users:404")
+        .arg("users:2")
+        .query(&mut env.redis)
+        .unwrap();
     assert_eq!(many.len(), 4);
     assert!(many[0].as_deref().unwrap().contains("user 1") && many[3].as_deref().unwrap().contains("user 2"));
     assert_eq!(many[2], None);
@@ -122,7 +131,10 @@ fn hash_format_and_composite_keys() {
     assert_eq!(hit, fields);
     env.assert_consistent("order_items");
     // RESP3 gets a map, RESP2 a flat array: both work.
-    let mut r3 = redis::Client::open(format!("{}?protocol=resp3", env.servers.redis.url()).as_str()).unwrap().get_connection().unwrap();
+    let mut r3 = redis::Client::open(format!("{}?protocol=resp3", env.servers.redis.url()).as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let v: redis::Value = redis::cmd("PG.GET").arg("order_items:7:3").query(&mut r3).unwrap();
     assert!(matches!(v, redis::Value::Map(_)), "{v:?}");
 }
@@ -138,7 +150,10 @@ fn absent_rows_answer_nil_until_inserted() {
     assert!(stat(&mut env.redis, "negative_hits") >= 1);
     env.sql("INSERT INTO users VALUES (50, 'late', 'l@x')");
     env.wait_synced();
-    assert!(pg_get(&mut env.redis, "users:50").unwrap().unwrap().contains("late"), "the push of the insert replaced the negative entry");
+    assert!(
+        pg_get(&mut env.redis, "users:50").unwrap().unwrap().contains("late"),
+        "the push of the insert replaced the negative entry"
+    );
     // Without a push (e.g. PG.INVALIDATE after a direct write) the entry can be dropped too.
     assert_eq!(pg_get(&mut env.redis, "users:51").unwrap(), None);
     env.sql("ALTER TABLE users DISABLE TRIGGER pg_redis_capture; INSERT INTO users VALUES (51, 'quiet', 'q@x'); ALTER TABLE users ENABLE TRIGGER pg_redis_capture");
@@ -179,7 +194,13 @@ fn errors_are_clear_and_typed() {
     let hit: Vec<String> = redis::cmd("EXEC").query(&mut env.redis).unwrap();
     assert!(hit[0].contains("user 1"), "a hit inside MULTI answers: {hit:?}");
     // From a script too.
-    let e = redis::cmd("EVAL").arg("return redis.call('PG.GET', KEYS[1])").arg(1).arg("users:3").query::<String>(&mut env.redis).unwrap_err().to_string();
+    let e = redis::cmd("EVAL")
+        .arg("return redis.call('PG.GET', KEYS[1])")
+        .arg(1)
+        .arg("users:3")
+        .query::<String>(&mut env.redis)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("script") || e.contains("MULTI"), "{e}");
     // A locked table: TIMEOUT within the deadline.
     let mut locker = env.pg_client();
@@ -207,7 +228,8 @@ fn errors_are_clear_and_typed() {
 #[test]
 fn busy_when_the_queue_is_full() {
     let mut opts = Options::named("rt_busy");
-    opts.module_args = vec!["pool_size".into(), "1".into(), "queue_max".into(), "2".into(), "query_timeout_ms".into(), "2000".into()];
+    opts.module_args =
+        vec!["pool_size".into(), "1".into(), "queue_max".into(), "2".into(), "query_timeout_ms".into(), "2000".into()];
     let mut env = Env::with(opts);
     users(&mut env, 50);
     let mut locker = env.pg_client();
@@ -216,7 +238,10 @@ fn busy_when_the_queue_is_full() {
     locker.batch_execute("ROLLBACK").unwrap();
     let busy = results.iter().filter(|r| matches!(r, Err(e) if e.starts_with("BUSY"))).count();
     assert!(busy >= 1, "{results:?}");
-    assert!(results.iter().all(|r| matches!(r, Err(e) if e.starts_with("BUSY") || e.starts_with("TIMEOUT"))), "{results:?}");
+    assert!(
+        results.iter().all(|r| matches!(r, Err(e) if e.starts_with("BUSY") || e.starts_with("TIMEOUT"))),
+        "{results:?}"
+    );
 }
 
 #[test]
@@ -294,8 +319,12 @@ fn no_stale_fill_under_concurrent_writes() {
                 let id = (i * 17 + w * 5) % 60 + 1;
                 match i % 7 {
                     0 => pg.execute("DELETE FROM users WHERE id = $1", &[&id]).map(|_| ()),
-                    1 => pg.execute("INSERT INTO users VALUES ($1, 'new', 'n') ON CONFLICT DO NOTHING", &[&id]).map(|_| ()),
-                    _ => pg.execute("UPDATE users SET name = 'v' || $2::text WHERE id = $1", &[&id, &i.to_string()]).map(|_| ()),
+                    1 => pg
+                        .execute("INSERT INTO users VALUES ($1, 'new', 'n') ON CONFLICT DO NOTHING", &[&id])
+                        .map(|_| ()),
+                    _ => pg
+                        .execute("UPDATE users SET name = 'v' || $2::text WHERE id = $1", &[&id, &i.to_string()])
+                        .map(|_| ()),
                 }
                 .unwrap();
                 i += 1;
@@ -363,7 +392,13 @@ fn mappings_follow_sync_table_and_survive_flush_and_unload() {
     let _: () = redis::cmd("MODULE").arg("UNLOAD").arg("redis_pg").query(&mut env.redis).unwrap();
     let path = pg_redis_tests::harness::module_path().unwrap();
     let url = env.servers.pg.url("postgres");
-    let _: () = redis::cmd("MODULE").arg("LOAD").arg(path.display().to_string()).arg("pg_url").arg(url).query(&mut env.redis).unwrap();
+    let _: () = redis::cmd("MODULE")
+        .arg("LOAD")
+        .arg(path.display().to_string())
+        .arg("pg_url")
+        .arg(url)
+        .query(&mut env.redis)
+        .unwrap();
     wait_mappings(&mut env, 2);
     assert!(pg_get(&mut env.redis, "users:2").unwrap().is_some());
 }

@@ -40,7 +40,12 @@ fn module_refuses_pg_urls_with_passwords() {
     let port = env.servers.pg.port;
     for url in pg_urls_with_password(port) {
         assert!(url.parse::<postgres::Config>().unwrap().get_password().is_some(), "{url} carries a password");
-        let loaded = redis::cmd("MODULE").arg("LOAD").arg(module_path().unwrap().display().to_string()).arg("pg_url").arg(&url).query::<()>(&mut env.redis);
+        let loaded = redis::cmd("MODULE")
+            .arg("LOAD")
+            .arg(module_path().unwrap().display().to_string())
+            .arg("pg_url")
+            .arg(&url)
+            .query::<()>(&mut env.redis);
         let list = format!("{:?}", redis::cmd("MODULE").arg("LIST").query::<redis::Value>(&mut env.redis).unwrap());
         if loaded.is_ok() {
             let _: () = redis::cmd("MODULE").arg("UNLOAD").arg("redis_pg").query(&mut env.redis).unwrap();
@@ -49,7 +54,13 @@ fn module_refuses_pg_urls_with_passwords() {
         assert!(loaded.is_err(), "the module loaded with a password in pg_url {url}");
     }
     let good = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
-    let _: () = redis::cmd("MODULE").arg("LOAD").arg(module_path().unwrap().display().to_string()).arg("pg_url").arg(&good).query(&mut env.redis).unwrap();
+    let _: () = redis::cmd("MODULE")
+        .arg("LOAD")
+        .arg(module_path().unwrap().display().to_string())
+        .arg("pg_url")
+        .arg(&good)
+        .query(&mut env.redis)
+        .unwrap();
     for url in pg_urls_with_password(port) {
         let set = redis::cmd("CONFIG").arg("SET").arg("redis_pg.pg_url").arg(&url).query::<()>(&mut env.redis);
         let shown: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("redis_pg.pg_url").query(&mut env.redis).unwrap();
@@ -84,7 +95,8 @@ fn extension_never_shows_redis_passwords() {
         // The URL comes from postgresql.conf at start: PostgreSQL itself prints a setting
         // changed by a reload ("parameter ... changed to ..."), whatever the extension does.
         let mut opts = Options::named(&format!("redact_ext{n}"));
-        opts.pg_settings = vec![("pg_redis.url".into(), format!("'{url}'")), ("pg_redis.retry_max_ms".into(), "300".into())];
+        opts.pg_settings =
+            vec![("pg_redis.url".into(), format!("'{url}'")), ("pg_redis.retry_max_ms".into(), "300".into())];
         let mut env = Env::with(opts);
         env.sql("CREATE TABLE t (id int PRIMARY KEY)");
         if let Err(e) = env.pg.batch_execute("SELECT redis.sync_table('t', backfill => false)") {
@@ -93,14 +105,23 @@ fn extension_never_shows_redis_passwords() {
         let _ = env.pg.batch_execute("INSERT INTO t VALUES (1)");
         // A call from SQL: its error names the server, not the secret.
         if let Err(e) = env.pg.batch_execute("SELECT redis.ping()") {
-            let msg = e.as_db_error().map(|d| format!("{} {:?} {:?}", d.message(), d.detail(), d.hint())).unwrap_or_else(|| e.to_string());
+            let msg = e
+                .as_db_error()
+                .map(|d| format!("{} {:?} {:?}", d.message(), d.detail(), d.hint()))
+                .unwrap_or_else(|| e.to_string());
             assert_no_piece(&format!("the SQL error for {url}"), &msg);
         }
         // The worker: its status while failing, and its log lines (also when it starts again).
         let t0 = Instant::now();
         loop {
             let status = check::status(&mut env.pg).join("\n");
-            let worker: Vec<String> = env.pg.query("SELECT coalesce(last_error, '') FROM redis.worker_status()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+            let worker: Vec<String> = env
+                .pg
+                .query("SELECT coalesce(last_error, '') FROM redis.worker_status()", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             if !worker.concat().is_empty() || status.contains("Redis") || t0.elapsed() > Duration::from_secs(5) {
                 break;
             }
@@ -109,7 +130,13 @@ fn extension_never_shows_redis_passwords() {
         env.sql("SELECT pg_terminate_backend(pid) FROM redis.worker_status() WHERE pid IS NOT NULL");
         std::thread::sleep(Duration::from_millis(1500));
         assert_no_piece(&format!("redis.status with {url}"), &check::status(&mut env.pg).join("\n"));
-        let worker: Vec<String> = env.pg.query("SELECT coalesce(last_error, '') FROM redis.worker_status()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        let worker: Vec<String> = env
+            .pg
+            .query("SELECT coalesce(last_error, '') FROM redis.worker_status()", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         assert_no_piece(&format!("redis.worker_status with {url}"), &worker.join("\n"));
         // The log holds the worker's lines for this URL (it names where it delivers to).
         let log = env.servers.pg.log();

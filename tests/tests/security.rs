@@ -15,13 +15,15 @@ fn writers_need_no_privilege_and_cannot_invent_changes() {
         "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT redis.sync_table('t');
          CREATE ROLE writer LOGIN; GRANT INSERT, UPDATE, DELETE, SELECT ON t TO writer;",
     );
-    let mut w = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=writer dbname=postgres", env.servers.pg.port), postgres::NoTls).unwrap();
+    let mut w = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=writer dbname=postgres", env.servers.pg.port),
+        postgres::NoTls,
+    )
+    .unwrap();
     // A writer who shadows to_jsonb (or any operator) changes nothing: the trigger calls it
     // directly, and writes the outbox as the extension's owner only with finished values.
-    w.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS writer_space; SET search_path = writer_space, pg_catalog, public;",
-    )
-    .ok();
+    w.batch_execute("CREATE SCHEMA IF NOT EXISTS writer_space; SET search_path = writer_space, pg_catalog, public;")
+        .ok();
     w.batch_execute("INSERT INTO public.t VALUES (1, 'a'); UPDATE public.t SET v = 'b' WHERE id = 1").unwrap();
     let err = w.batch_execute("INSERT INTO redis.outbox (op, command) VALUES ('x', ARRAY['FLUSHALL'])").unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
@@ -38,7 +40,11 @@ fn table_owner_with_sync_rights_cannot_escalate() {
         "CREATE ROLE owner LOGIN; GRANT USAGE, CREATE ON SCHEMA public TO owner; GRANT USAGE ON SCHEMA redis TO owner;
          GRANT EXECUTE ON FUNCTION redis.sync_table(regclass, text, text, integer, text[], boolean, text, boolean), redis.resync(regclass) TO owner;",
     );
-    let mut o = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=owner dbname=postgres", env.servers.pg.port), postgres::NoTls).unwrap();
+    let mut o = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=owner dbname=postgres", env.servers.pg.port),
+        postgres::NoTls,
+    )
+    .unwrap();
     // A json cast of the owner's own type runs with the owner's rights, not a superuser's.
     o.batch_execute(
         "CREATE TYPE mood AS ENUM ('ok');
@@ -84,7 +90,9 @@ fn module_works_with_a_least_privilege_role_and_passwords_stay_hidden() {
     let v = loop {
         match redis::cmd("PG.GET").arg("users:1").query::<Option<String>>(&mut env.redis) {
             Ok(v) => break v,
-            Err(e) => assert!(t0.elapsed() < Duration::from_secs(10), "the least-privilege role never read through: {e}"),
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(10), "the least-privilege role never read through: {e}")
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -101,17 +109,45 @@ fn module_works_with_a_least_privilege_role_and_passwords_stay_hidden() {
         ("PostgreSQL log".into(), env.servers.pg.log()),
         ("Redis log".into(), env.servers.redis.log()),
         ("INFO".into(), redis::cmd("INFO").arg("everything").query::<String>(&mut env.redis).unwrap()),
-        ("CONFIG GET".into(), format!("{:?}", redis::cmd("CONFIG").arg("GET").arg("*").query::<Vec<String>>(&mut env.redis).unwrap().into_iter().filter(|v| !v.contains(REDIS_PW) || v == REDIS_PW).collect::<Vec<_>>())),
-        ("MODULE LIST".into(), format!("{:?}", redis::cmd("MODULE").arg("LIST").query::<redis::Value>(&mut env.redis).unwrap())),
+        (
+            "CONFIG GET".into(),
+            format!(
+                "{:?}",
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("*")
+                    .query::<Vec<String>>(&mut env.redis)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|v| !v.contains(REDIS_PW) || v == REDIS_PW)
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        (
+            "MODULE LIST".into(),
+            format!("{:?}", redis::cmd("MODULE").arg("LIST").query::<redis::Value>(&mut env.redis).unwrap()),
+        ),
         ("redis.status".into(), check::status(&mut env.pg).join("\n")),
-        ("pg_stat_activity".into(), env.pg.query("SELECT coalesce(string_agg(query, ' '), '') FROM pg_stat_activity", &[]).unwrap()[0].get(0)),
+        (
+            "pg_stat_activity".into(),
+            env.pg.query("SELECT coalesce(string_agg(query, ' '), '') FROM pg_stat_activity", &[]).unwrap()[0].get(0),
+        ),
     ];
-    places.push(("PG.STATS".into(), format!("{:?}", redis::cmd("PG.STATS").query::<redis::Value>(&mut env.redis).unwrap())));
+    places.push((
+        "PG.STATS".into(),
+        format!("{:?}", redis::cmd("PG.STATS").query::<redis::Value>(&mut env.redis).unwrap()),
+    ));
     for (place, text) in &places {
         assert!(!text.contains(PG_PW), "the PostgreSQL password shows in {place}");
     }
     // CONFIG GET requirepass is Redis's own setting; pg_redis's URL setting hides its password.
-    let shown: Vec<String> = env.pg.query("SELECT setting FROM pg_settings WHERE name = 'pg_redis.url'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let shown: Vec<String> = env
+        .pg
+        .query("SELECT setting FROM pg_settings WHERE name = 'pg_redis.url'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(shown.len(), 1, "superusers see the setting");
     for (place, text) in places.iter().filter(|(p, _)| p != "CONFIG GET") {
         assert!(!text.contains(REDIS_PW), "the Redis password shows in {place}");
@@ -124,8 +160,21 @@ fn pg_commands_obey_redis_acls() {
     let mut env = Env::start("sec_acl");
     env.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1); SELECT redis.sync_table('t')");
     env.wait_synced();
-    let _: () = redis::cmd("ACL").arg("SETUSER").arg("app").arg("on").arg(">app-pw").arg("~*").arg("+@all").arg("-pg.get").arg("-pg.invalidate").query(&mut env.redis).unwrap();
-    let mut app = redis::Client::open(format!("redis://app:app-pw@127.0.0.1:{}/0", env.servers.redis.port).as_str()).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("on")
+        .arg(">app-pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-pg.get")
+        .arg("-pg.invalidate")
+        .query(&mut env.redis)
+        .unwrap();
+    let mut app = redis::Client::open(format!("redis://app:app-pw@127.0.0.1:{}/0", env.servers.redis.port).as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let err = redis::cmd("PG.GET").arg("t:1").query::<Option<String>>(&mut app).unwrap_err();
     assert_eq!(err.code(), Some("NOPERM"), "{err}");
     let err = redis::cmd("PG.INVALIDATE").arg("t:1").query::<i64>(&mut app).unwrap_err();

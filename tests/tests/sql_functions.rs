@@ -39,7 +39,8 @@ fn typed_helpers_on_hit_miss_and_wrong_type() {
     let id: String = one(&mut env, "SELECT redis.xadd('s', '{\"k\": \"v\"}', maxlen => 1000)");
     assert!(id.contains('-'), "{id}");
     assert_eq!(one::<i64>(&mut env, "SELECT redis.del('k', 'h', 'nope')"), 2);
-    let keys: Vec<String> = env.pg.query("SELECT k FROM redis.scan('s*') k", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let keys: Vec<String> =
+        env.pg.query("SELECT k FROM redis.scan('s*') k", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(keys, vec!["s".to_string()]);
     let n: i64 = one(&mut env, "SELECT count(*) FROM redis.scan()");
     assert!(n >= 3);
@@ -71,8 +72,14 @@ fn command_maps_every_reply_type() {
     assert_eq!(j(&mut env, "SELECT redis.command('HGETALL', 'h')"), Some(serde_json::json!({"f": "v"})));
     let _ = j(&mut env, "SELECT redis.command('ZADD', 'z', '1.5', 'm')");
     assert_eq!(j(&mut env, "SELECT redis.command('ZSCORE', 'z', 'm')"), Some(serde_json::json!(1.5)));
-    assert_eq!(j(&mut env, "SELECT redis.command('EVAL', 'redis.setresp(3); return true', '0')"), Some(serde_json::json!(true)));
-    assert_eq!(j(&mut env, "SELECT redis.command('EVAL', 'return {1, {\"a\"}, false}', '0')"), Some(serde_json::json!([1, ["a"], null])));
+    assert_eq!(
+        j(&mut env, "SELECT redis.command('EVAL', 'redis.setresp(3); return true', '0')"),
+        Some(serde_json::json!(true))
+    );
+    assert_eq!(
+        j(&mut env, "SELECT redis.command('EVAL', 'return {1, {\"a\"}, false}', '0')"),
+        Some(serde_json::json!([1, ["a"], null]))
+    );
     let (code, msg) = env.sql_error("SELECT redis.command('INCR', 'l')");
     assert_eq!(code, "38000");
     assert!(msg.contains("WRONGTYPE"), "{msg}");
@@ -159,7 +166,13 @@ fn statement_timeout_interrupts_a_blocking_command() {
 fn functions_need_a_grant() {
     let mut env = Env::start("sqlfn_grants");
     env.sql("CREATE ROLE app LOGIN; CREATE ROLE trusted LOGIN; GRANT USAGE ON SCHEMA redis TO trusted; GRANT EXECUTE ON FUNCTION redis.get(text), redis.set(text, text, integer, boolean) TO trusted");
-    let connect = |role: &str| postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", env.servers.pg.port), postgres::NoTls).unwrap();
+    let connect = |role: &str| {
+        postgres::Client::connect(
+            &format!("host=127.0.0.1 port={} user={role} dbname=postgres", env.servers.pg.port),
+            postgres::NoTls,
+        )
+        .unwrap()
+    };
     let mut app = connect("app");
     let err = app.query_one("SELECT redis.get('k')", &[]).unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "42501");

@@ -88,9 +88,12 @@ fn columns_ttl_hash_and_composite_keys() {
         "CREATE TABLE order_items (order_id bigint, item_no int, sku text, qty int, note text, PRIMARY KEY (order_id, item_no));
          INSERT INTO order_items VALUES (7, 3, 'A:1', 2, NULL), (7, 4, 'B{2}', 1, 'gift')",
     );
-    env.sql("SELECT redis.sync_table('order_items', format => 'hash', ttl => 100, columns => ARRAY['sku', 'qty', 'note'])");
+    env.sql(
+        "SELECT redis.sync_table('order_items', format => 'hash', ttl => 100, columns => ARRAY['sku', 'qty', 'note'])",
+    );
     env.wait_synced();
-    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL").arg("order_items:7:3").query(&mut env.redis).unwrap();
+    let fields: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg("order_items:7:3").query(&mut env.redis).unwrap();
     assert_eq!(fields.get("sku").map(String::as_str), Some("A:1"));
     assert_eq!(fields.get("qty").map(String::as_str), Some("2"));
     assert!(!fields.contains_key("note") && !fields.contains_key("order_id"), "{fields:?}");
@@ -115,7 +118,8 @@ fn stream_and_channel_carry_ordered_debezium_events() {
     pubsub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     env.sql("INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; UPDATE t SET id = 2; DELETE FROM t; INSERT INTO t VALUES (5, 'x'); TRUNCATE t");
     env.wait_synced();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE").arg("postgres.public.t").arg("-").arg("+").query(&mut env.redis).unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg("postgres.public.t").arg("-").arg("+").query(&mut env.redis).unwrap();
     let events: Vec<(String, ChangeEvent)> = entries
         .iter()
         .map(|(_, fields)| {
@@ -125,11 +129,25 @@ fn stream_and_channel_carry_ordered_debezium_events() {
         })
         .collect();
     let ops: Vec<(&str, Op)> = events.iter().map(|(k, e)| (k.as_str(), e.op)).collect();
-    assert_eq!(ops, vec![("t:1", Op::Create), ("t:1", Op::Update), ("t:1", Op::Delete), ("t:2", Op::Create), ("t:2", Op::Delete), ("t:5", Op::Create), ("", Op::Truncate)]);
+    assert_eq!(
+        ops,
+        vec![
+            ("t:1", Op::Create),
+            ("t:1", Op::Update),
+            ("t:1", Op::Delete),
+            ("t:2", Op::Create),
+            ("t:2", Op::Delete),
+            ("t:5", Op::Create),
+            ("", Op::Truncate)
+        ]
+    );
     let upd = &events[1].1;
     assert_eq!(serde_json::to_string(&upd.before).unwrap(), r#"{"v":"a","id":1}"#);
     assert_eq!(serde_json::to_string(&upd.after).unwrap(), r#"{"v":"b","id":1}"#);
-    assert_eq!((upd.source.db.as_str(), upd.source.schema.as_str(), upd.source.table.as_str()), ("postgres", "public", "t"));
+    assert_eq!(
+        (upd.source.db.as_str(), upd.source.schema.as_str(), upd.source.table.as_str()),
+        ("postgres", "public", "t")
+    );
     let seqs: Vec<i64> = events.iter().map(|(_, e)| e.source.sequence.parse().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "capture order: {seqs:?}");
     // The channel got the same events.
@@ -169,7 +187,8 @@ fn redis_killed_during_writes_loses_nothing() {
     let writer = std::thread::spawn(move || {
         let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         for i in 0..10_000 {
-            pg.execute("INSERT INTO t VALUES ($1, $1) ON CONFLICT (id) DO UPDATE SET v = t.v + 1", &[&(i % 2500)]).unwrap();
+            pg.execute("INSERT INTO t VALUES ($1, $1) ON CONFLICT (id) DO UPDATE SET v = t.v + 1", &[&(i % 2500)])
+                .unwrap();
         }
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -177,11 +196,19 @@ fn redis_killed_during_writes_loses_nothing() {
     // While Redis is down, changes queue up and the status says why.
     let t0 = Instant::now();
     loop {
-        let err: Option<String> = env.pg.query_one("SELECT last_error FROM redis.status WHERE table_name = 't'::regclass", &[]).unwrap().get(0);
+        let err: Option<String> = env
+            .pg
+            .query_one("SELECT last_error FROM redis.status WHERE table_name = 't'::regclass", &[])
+            .unwrap()
+            .get(0);
         if err.is_some_and(|e| e.contains("unavailable") || e.contains("Redis")) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "status never showed the Redis error: {:?}", check::status(&mut env.pg));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "status never showed the Redis error: {:?}",
+            check::status(&mut env.pg)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -273,7 +300,11 @@ fn bad_input_is_refused_clearly() {
     assert_eq!(code, "22023");
     assert!(msg.contains("overlap"), "{msg}");
     // Not the owner.
-    let mut someone = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=someone dbname=postgres", env.servers.pg.port), postgres::NoTls).unwrap();
+    let mut someone = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=someone dbname=postgres", env.servers.pg.port),
+        postgres::NoTls,
+    )
+    .unwrap();
     let err = someone.batch_execute("SELECT redis.sync_table('users2')").unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
     // The backend is fine after all of it.

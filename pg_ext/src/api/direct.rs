@@ -94,7 +94,8 @@ fn hgetall(key: &str) -> Option<JsonB> {
     if fields.is_empty() {
         return None;
     }
-    let map: Map<String, Json> = fields.into_iter().map(|(f, v)| (utf8(f, "HGETALL"), Json::String(utf8(v, "HGETALL")))).collect();
+    let map: Map<String, Json> =
+        fields.into_iter().map(|(f, v)| (utf8(f, "HGETALL"), Json::String(utf8(v, "HGETALL")))).collect();
     Some(JsonB(Json::Object(map)))
 }
 
@@ -133,7 +134,8 @@ fn scan(pattern: default!(&str, "'*'"), count: default!(i32, 1000)) -> SetOfIter
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let args = vec!["SCAN".into(), cursor.to_string(), "MATCH".into(), pattern.into(), "COUNT".into(), count.to_string()];
+        let args =
+            vec!["SCAN".into(), cursor.to_string(), "MATCH".into(), pattern.into(), "COUNT".into(), count.to_string()];
         let (next, batch): (u64, Vec<Vec<u8>>) = send("redis.scan", args);
         keys.extend(batch.into_iter().map(|k| utf8(k, "SCAN")));
         check_for_interrupts!();
@@ -166,7 +168,8 @@ fn send<T: redis::FromRedisValue + Send + 'static>(function: &str, args: Vec<Str
         raise(Error::invalid_value("command", "()", "name a command, e.g. redis.command('GET', 'key')"));
     }
     authorize_redis_command(function, &args);
-    call(move |c| redis::cmd(&args[0]).arg(&args[1..]).query::<T>(c)).or_raise() // ok: args is not empty (checked above)
+    call(move |c| redis::cmd(&args[0]).arg(&args[1..]).query::<T>(c)).or_raise()
+    // ok: args is not empty (checked above)
 }
 
 fn to_json(v: Value) -> Json {
@@ -198,7 +201,10 @@ fn to_json(v: Value) -> Json {
             text.parse::<Number>().map(Json::Number).unwrap_or(Json::String(text))
         }
         Value::Push { data, .. } => Json::Array(data.into_iter().map(to_json).collect()),
-        Value::ServerError(e) => raise(Error::Remote { server: "Redis", message: format!("{} {}", e.code(), e.details().unwrap_or_default()).trim().to_owned() }),
+        Value::ServerError(e) => raise(Error::Remote {
+            server: "Redis",
+            message: format!("{} {}", e.code(), e.details().unwrap_or_default()).trim().to_owned(),
+        }),
         other => Json::String(format!("{other:?}")),
     }
 }
@@ -206,7 +212,11 @@ fn to_json(v: Value) -> Json {
 /// A JSON object as Redis field/value pairs (strings raw, other values as compact JSON).
 fn field_pairs(v: &Json, what: &str) -> Vec<String> {
     let Json::Object(map) = v else {
-        raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what} must be a JSON object, e.g. '{{\"name\": \"ann\"}}'"), None);
+        raise_with(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must be a JSON object, e.g. '{{\"name\": \"ann\"}}'"),
+            None,
+        );
     };
     map.iter().flat_map(|(k, v)| [k.clone(), pg_redis_shared::encoding::hash_value(v)]).collect()
 }

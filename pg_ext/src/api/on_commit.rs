@@ -12,9 +12,38 @@ use pgrx::prelude::*;
 /// Commands that would break the delivery connection (its database, protocol or transaction
 /// state) or block it; they are refused when queued rather than failing later.
 const REFUSED: &[&str] = &[
-    "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "AUTH", "HELLO", "RESET", "QUIT", "CLIENT", "MONITOR", "SYNC", "PSYNC", "SUBSCRIBE",
-    "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE", "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN",
-    "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF", "SHUTDOWN", "DEBUG",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
+    "SELECT",
+    "AUTH",
+    "HELLO",
+    "RESET",
+    "QUIT",
+    "CLIENT",
+    "MONITOR",
+    "SYNC",
+    "PSYNC",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "BLPOP",
+    "BRPOP",
+    "BRPOPLPUSH",
+    "BLMOVE",
+    "BLMPOP",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "BZMPOP",
+    "WAIT",
+    "WAITAOF",
+    "SHUTDOWN",
+    "DEBUG",
 ];
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -23,13 +52,22 @@ fn on_commit(args: VariadicArray<&str>) {
     for (i, a) in args.iter().enumerate() {
         match a {
             Some(a) => command.push(a.to_owned()),
-            None => raise_with(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("argument {} of redis.on_commit is NULL; Redis commands take strings", i + 1), None),
+            None => raise_with(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("argument {} of redis.on_commit is NULL; Redis commands take strings", i + 1),
+                None,
+            ),
         }
     }
     let Some(name) = command.first().map(|c| c.to_ascii_uppercase()) else {
-        raise_with(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "redis.on_commit needs a command, e.g. redis.on_commit('DEL', 'report:today')", None);
+        raise_with(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "redis.on_commit needs a command, e.g. redis.on_commit('DEL', 'report:today')",
+            None,
+        );
     };
-    let blocking_read = matches!(name.as_str(), "XREAD" | "XREADGROUP") && command.iter().any(|a| a.eq_ignore_ascii_case("BLOCK"));
+    let blocking_read =
+        matches!(name.as_str(), "XREAD" | "XREADGROUP") && command.iter().any(|a| a.eq_ignore_ascii_case("BLOCK"));
     if REFUSED.contains(&name.as_str()) || blocking_read {
         raise_with(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -41,7 +79,8 @@ fn on_commit(args: VariadicArray<&str>) {
     // and Redis may be down now (the check needs no Redis).
     authorize_redis_command("redis.on_commit", &command);
     as_extension_owner(|| {
-        Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[command.into()]).unwrap_or_report();
+        Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[command.into()])
+            .unwrap_or_report();
     });
     wake::after_commit();
 }

@@ -30,7 +30,11 @@ pub fn require_owner(oid: pg_sys::Oid, display: &str) {
     // SAFETY: reading the current user id.
     let owns = crate::pg::compat::owns_relation(oid, unsafe { pg_sys::GetUserId() });
     if !owns {
-        raise_with(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {display} to sync it to Redis"), None);
+        raise_with(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of table {display} to sync it to Redis"),
+            None,
+        );
     }
 }
 
@@ -40,9 +44,17 @@ pub fn extension_owner() -> pg_sys::Oid {
     // SAFETY: syscache and relcache lookups on the backend's main thread.
     unsafe {
         let nsp = pg_sys::get_namespace_oid(c"redis".as_ptr(), true);
-        let rel = if nsp == pg_sys::InvalidOid { pg_sys::InvalidOid } else { pg_sys::get_relname_relid(c"outbox".as_ptr(), nsp) };
+        let rel = if nsp == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"outbox".as_ptr(), nsp)
+        };
         if rel == pg_sys::InvalidOid {
-            raise_with(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the pg_redis extension is not installed in this database", Some("CREATE EXTENSION pg_redis"));
+            raise_with(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "the pg_redis extension is not installed in this database",
+                Some("CREATE EXTENSION pg_redis"),
+            );
         }
         let r = pg_sys::RelationIdGetRelation(rel);
         let owner = (*(*r).rd_rel).relowner;
@@ -59,7 +71,10 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // maintenance commands do).
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(role, saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        );
     }
     let r = f();
     // SAFETY: restores what was saved above.
@@ -113,7 +128,11 @@ pub fn authorize_redis_command<S: AsRef<str>>(function: &str, args: &[S]) {
         return;
     }
     let table = CommandTable::builtin().unwrap_or_else(|e| {
-        raise_with(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_redis's table of Redis commands cannot be read: {e}"), Some("reinstall pg_redis"))
+        raise_with(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_redis's table of Redis commands cannot be read: {e}"),
+            Some("reinstall pg_redis"),
+        )
     });
     let allowed = allow_list();
     let targets = check_command(table, args, policy, &allowed).unwrap_or_else(|r| refuse(function, r));
@@ -158,7 +177,13 @@ struct StatementStamp {
 
 fn statement_stamp() -> StatementStamp {
     // SAFETY: reading this backend's own transaction state on its main thread.
-    unsafe { StatementStamp { local_xid: crate::pg::compat::local_transaction_id(), statement_start: pg_sys::GetCurrentStatementStartTimestamp(), command_id: pg_sys::GetCurrentCommandId(false) } }
+    unsafe {
+        StatementStamp {
+            local_xid: crate::pg::compat::local_transaction_id(),
+            statement_start: pg_sys::GetCurrentStatementStartTimestamp(),
+            command_id: pg_sys::GetCurrentCommandId(false),
+        }
+    }
 }
 
 /// The names only pg_redis writes, read from `redis.mapping` at most once per statement.
@@ -188,7 +213,12 @@ fn read_protected_names() -> ProtectedNames {
             Ok(t) => names.add_table(&table, t.prefix(), stream.as_deref(), channel.as_deref()),
             // Cannot happen for a mapping sync_table stored; protect the whole template text
             // rather than nothing.
-            Err(_) => names.add_table(&table, template.split('{').next().unwrap_or_default(), stream.as_deref(), channel.as_deref()),
+            Err(_) => names.add_table(
+                &table,
+                template.split('{').next().unwrap_or_default(),
+                stream.as_deref(),
+                channel.as_deref(),
+            ),
         }
     }
     names

@@ -8,12 +8,25 @@ use std::time::{Duration, Instant};
 
 /// The delivery worker of this database: pid, state, last error (all NULL when none runs).
 #[pg_extern(volatile, parallel_safe)]
-fn worker_status() -> TableIterator<'static, (name!(pid, Option<i32>), name!(state, Option<String>), name!(last_error, Option<String>))> {
+fn worker_status(
+) -> TableIterator<'static, (name!(pid, Option<i32>), name!(state, Option<String>), name!(last_error, Option<String>))>
+{
     // SAFETY: reading this backend's database id.
     let info = registry::info(unsafe { pg_sys::MyDatabaseId });
     let row = match info {
         Some((pid, state, err)) => (Some(pid), Some(state.name().to_owned()), (!err.is_empty()).then_some(err)),
-        None => (None, Some(if crate::preloaded() { "not running" } else { "not running: pg_redis is not in shared_preload_libraries" }.to_owned()), None),
+        None => (
+            None,
+            Some(
+                if crate::preloaded() {
+                    "not running"
+                } else {
+                    "not running: pg_redis is not in shared_preload_libraries"
+                }
+                .to_owned(),
+            ),
+            None,
+        ),
     };
     TableIterator::once(row)
 }
@@ -97,15 +110,23 @@ fn others_pending(last: i64) -> bool {
     let mut after = 0i64;
     loop {
         let rows: Vec<(i64, i64)> = Spi::connect(|c| {
-            let table = c.select("SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200", None, &[after.into(), last.into()])?;
-            table.map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0)))).collect::<pgrx::spi::SpiResult<Vec<_>>>()
+            let table = c.select(
+                "SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200",
+                None,
+                &[after.into(), last.into()],
+            )?;
+            table
+                .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))))
+                .collect::<pgrx::spi::SpiResult<Vec<_>>>()
         })
         .unwrap_or_else(|e| cannot_read("redis.outbox", e));
         if rows.is_empty() {
             return false;
         }
         // SAFETY: asking whether an xid is one of this transaction's.
-        if rows.iter().any(|(_, xmin)| !unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(*xmin as u32)) }) {
+        if rows.iter().any(|(_, xmin)| !unsafe {
+            pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(*xmin as u32))
+        }) {
             return true;
         }
         if rows.len() < 200 {
@@ -119,7 +140,12 @@ fn others_pending(last: i64) -> bool {
 fn sleep_interruptibly(d: Duration) {
     // SAFETY: the standard latch wait of a backend.
     unsafe {
-        pg_sys::WaitLatch(pg_sys::MyLatch, (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32, d.as_millis().max(1) as i64, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis().max(1) as i64,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
     check_for_interrupts!();

@@ -43,7 +43,8 @@ fn sync_table(
     let template = match key {
         None => {
             let pk = primary_key(table.oid, &table.display);
-            KeyTemplate::default_for(&table.schema, &table.name, &pk.iter().map(String::as_str).collect::<Vec<_>>()).or_raise()
+            KeyTemplate::default_for(&table.schema, &table.name, &pk.iter().map(String::as_str).collect::<Vec<_>>())
+                .or_raise()
         }
         Some(t) => KeyTemplate::parse(t).or_raise(),
     };
@@ -55,7 +56,10 @@ fn sync_table(
         if !c.1 {
             raise_with(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("key column \"{kc}\" of table {} can be NULL, so some rows would have no Redis key", table.display),
+                format!(
+                    "key column \"{kc}\" of table {} can be NULL, so some rows would have no Redis key",
+                    table.display
+                ),
                 Some("declare the column NOT NULL, or build the key from NOT NULL columns"),
             );
         }
@@ -102,8 +106,15 @@ fn sync_table(
         // One sync_table at a time checks prefixes against the others.
         Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
         check_against_other_mappings(&mapping, table.oid);
-        let previous = Spi::get_two_with_args::<i64, String>("SELECT id, key_template FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", &[table.oid.into()]);
-        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE table_name = $1::oid::regclass AND active", &[table.oid.into()]).unwrap_or_report();
+        let previous = Spi::get_two_with_args::<i64, String>(
+            "SELECT id, key_template FROM redis.mapping WHERE table_name = $1::oid::regclass AND active",
+            &[table.oid.into()],
+        );
+        Spi::run_with_args(
+            "UPDATE redis.mapping SET active = false WHERE table_name = $1::oid::regclass AND active",
+            &[table.oid.into()],
+        )
+        .unwrap_or_report();
         let id = insert_mapping(&mapping, table.oid);
         if let Ok((Some(old_id), Some(ref old_template))) = previous {
             if old_template.as_str() != mapping.key.as_str() {
@@ -186,7 +197,11 @@ fn require_unique_key(t: &Table, template: &KeyTemplate) {
     if !unique {
         raise_with(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("the key columns ({}) of table {} are not unique, so two rows could share one Redis key", cols.join(", "), t.display),
+            format!(
+                "the key columns ({}) of table {} are not unique, so two rows could share one Redis key",
+                cols.join(", "),
+                t.display
+            ),
             Some("build the key from the primary key or from columns with a unique index"),
         );
     }
@@ -267,28 +282,31 @@ fn current_database() -> String {
 /// Columns with their type as a schema-qualified name (key values are cast to it later, under
 /// whatever search_path the reader has).
 fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
-    with_catalog_search_path(|| Spi::connect(|c| {
-        c.select(
-            "SELECT a.attname::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull \
+    with_catalog_search_path(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT a.attname::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull \
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            None,
-            &[oid.into()],
-        )
-        .unwrap_or_report()
-        .map(|r| Column {
-            name: r.get(1).ok().flatten().unwrap_or_default(),
-            sql_type: r.get(2).ok().flatten().unwrap_or_default(),
-            not_null: r.get(3).ok().flatten().unwrap_or(false),
+                None,
+                &[oid.into()],
+            )
+            .unwrap_or_report()
+            .map(|r| Column {
+                name: r.get(1).ok().flatten().unwrap_or_default(),
+                sql_type: r.get(2).ok().flatten().unwrap_or_default(),
+                not_null: r.get(3).ok().flatten().unwrap_or(false),
+            })
+            .collect()
         })
-        .collect()
-    }))
+    })
 }
 
 /// Primary-key columns in index order; an error naming the table when there is none.
 fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
-    let cols: Vec<String> = with_catalog_search_path(|| Spi::connect(|c| {
-        c.select(
+    let cols: Vec<String> = with_catalog_search_path(|| {
+        Spi::connect(|c| {
+            c.select(
             "SELECT a.attname::text FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
             None,
@@ -297,7 +315,8 @@ fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
         .unwrap_or_report()
         .filter_map(|r| r.get::<String>(1).ok().flatten())
         .collect()
-    }));
+        })
+    });
     if cols.is_empty() {
         raise_with(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -508,7 +527,8 @@ pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
                 Some("choose a column name without '{' or '}'"),
             );
         }
-        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[old_id.into()]).unwrap_or_report();
+        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[old_id.into()])
+            .unwrap_or_report();
         let new_id = Spi::get_one_with_args::<i64>(
             "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel) \
              SELECT table_name, schema_name, rel_name, $2, array_replace(key_columns, $3, $4), key_types, format, ttl, array_replace(columns, $3, $4), stream_key, channel \
@@ -529,14 +549,25 @@ pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
 }
 
 fn active_mapping_id(t: &Table) -> i64 {
-    match Spi::get_one_with_args::<i64>("SELECT id FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", &[t.oid.into()]) {
+    match Spi::get_one_with_args::<i64>(
+        "SELECT id FROM redis.mapping WHERE table_name = $1::oid::regclass AND active",
+        &[t.oid.into()],
+    ) {
         Ok(Some(id)) => id,
-        _ => raise_with(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("table {} is not synced to Redis", t.display), Some("start with SELECT redis.sync_table(...)")),
+        _ => raise_with(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("table {} is not synced to Redis", t.display),
+            Some("start with SELECT redis.sync_table(...)"),
+        ),
     }
 }
 
 fn queue_row_event(mapping_id: i64, op: char) {
-    Spi::run_with_args("INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")", &[mapping_id.into(), op.to_string().into()]).unwrap_or_report();
+    Spi::run_with_args(
+        "INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")",
+        &[mapping_id.into(), op.to_string().into()],
+    )
+    .unwrap_or_report();
 }
 
 /// Tells readers of the mappings (the Redis module) to reload them, in order with the changes.
@@ -665,12 +696,25 @@ pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut d
 
 /// Inserts one chunk of backfill rows as the extension's owner (the values cross as one jsonb
 /// array, built in the chunk's context).
-fn insert_chunk(client: &mut pgrx::spi::SpiClient, mapping_id: i64, op: char, chunk: &[pg_sys::Datum], chunk_cx: &PgMemoryContexts) {
+fn insert_chunk(
+    client: &mut pgrx::spi::SpiClient,
+    mapping_id: i64,
+    op: char,
+    chunk: &[pg_sys::Datum],
+    chunk_cx: &PgMemoryContexts,
+) {
     // SAFETY: the datums are jsonb values in chunk_cx; the array is built there too and lives
     // until the context is reset after this insert.
     let array = unsafe {
         let old = pg_sys::MemoryContextSwitchTo(chunk_cx.value());
-        let a = pg_sys::construct_array(chunk.as_ptr().cast_mut(), chunk.len() as i32, pg_sys::JSONBOID, -1, false, pg_sys::TYPALIGN_INT as std::ffi::c_char);
+        let a = pg_sys::construct_array(
+            chunk.as_ptr().cast_mut(),
+            chunk.len() as i32,
+            pg_sys::JSONBOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        );
         pg_sys::MemoryContextSwitchTo(old);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(a), pg_sys::JSONBARRAYOID)
     };

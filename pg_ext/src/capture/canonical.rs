@@ -60,7 +60,14 @@ pub fn pin_canonical_settings() {
     SETTINGS.with(|settings| {
         for (name, value) in settings {
             // SAFETY: setting a GUC on the process's main thread, as an override.
-            unsafe { pg_sys::SetConfigOption(name.as_ptr(), value.as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE) };
+            unsafe {
+                pg_sys::SetConfigOption(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_SUSET,
+                    pg_sys::GucSource::PGC_S_OVERRIDE,
+                )
+            };
         }
     });
 }
@@ -81,4 +88,23 @@ fn is_canonical(name: &CStr, value: &CStr) -> bool {
     name.to_bytes() == b"TimeZone" && UTC_ZONES.iter().any(|z| current.eq_ignore_ascii_case(z.as_bytes()))
 }
 
-const UTC_ZONES: &[&str] = &["UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT", "Greenwich", "Etc/Greenwich", "GMT0", "Etc/GMT0", "GMT+0", "Etc/GMT+0", "GMT-0", "Etc/GMT-0"];
+const UTC_ZONES: &[&str] = &[
+    "UTC",
+    "Etc/UTC",
+    "UCT",
+    "Etc/UCT",
+    "Universal",
+    "Etc/Universal",
+    "Zulu",
+    "Etc/Zulu",
+    "GMT",
+    "Etc/GMT",
+    "Greenwich",
+    "Etc/Greenwich",
+    "GMT0",
+    "Etc/GMT0",
+    "GMT+0",
+    "Etc/GMT+0",
+    "GMT-0",
+    "Etc/GMT-0",
+];

@@ -21,7 +21,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-const INSERT_SQL: &str = "INSERT INTO redis.outbox (mapping_id, op, old_row, new_row) VALUES ($1, $2::pg_catalog.\"char\", $3, $4)";
+const INSERT_SQL: &str =
+    "INSERT INTO redis.outbox (mapping_id, op, old_row, new_row) VALUES ($1, $2::pg_catalog.\"char\", $3, $4)";
 
 thread_local! {
     static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
@@ -53,7 +54,8 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
     let mapping_id = mapping_id_arg(tg);
     let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     // SAFETY: tg_relation and the tuples are valid for the duration of the trigger call.
-    let (tupdesc, relid, rowtype) = unsafe { ((*td.tg_relation).rd_att, (*td.tg_relation).rd_id, (*(*td.tg_relation).rd_rel).reltype) };
+    let (tupdesc, relid, rowtype) =
+        unsafe { ((*td.tg_relation).rd_att, (*td.tg_relation).rd_id, (*(*td.tg_relation).rd_rel).reltype) };
     let (op, old, new) = match event {
         pg_sys::TRIGGER_EVENT_INSERT => ('c', None, Some(td.tg_trigtuple)),
         pg_sys::TRIGGER_EVENT_DELETE => ('d', Some(td.tg_trigtuple), None),
@@ -92,7 +94,15 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
             INSERT_PLAN.with_borrow_mut(|plan| {
                 if plan.is_none() {
                     let p = client
-                        .prepare_mut(INSERT_SQL, &[pg_sys::INT8OID.into(), pg_sys::TEXTOID.into(), pg_sys::JSONBOID.into(), pg_sys::JSONBOID.into()])
+                        .prepare_mut(
+                            INSERT_SQL,
+                            &[
+                                pg_sys::INT8OID.into(),
+                                pg_sys::TEXTOID.into(),
+                                pg_sys::JSONBOID.into(),
+                                pg_sys::JSONBOID.into(),
+                            ],
+                        )
                         .unwrap_or_report();
                     *plan = Some(p.keep());
                 }
@@ -132,11 +142,17 @@ fn first_truncate_of_statement(mapping_id: i64, whole: bool) -> bool {
 ///
 /// # Safety
 /// `tuple` is a live tuple described by `tupdesc`, whose row type is `rowtype`.
-unsafe fn row_to_jsonb(tuple: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc, rowtype: pg_sys::Oid) -> pg_sys::Datum {
+unsafe fn row_to_jsonb(
+    tuple: *mut pg_sys::HeapTupleData,
+    tupdesc: pg_sys::TupleDesc,
+    rowtype: pg_sys::Oid,
+) -> pg_sys::Datum {
     // SAFETY: see the function's contract; the FmgrInfo lives in TopMemoryContext.
     unsafe {
         let row = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-        let flinfo = TO_JSONB.with_borrow_mut(|cache| *cache.entry(rowtype.to_u32()).or_insert_with(|| to_jsonb_for(rowtype) as usize)) as *mut pg_sys::FmgrInfo;
+        let flinfo = TO_JSONB
+            .with_borrow_mut(|cache| *cache.entry(rowtype.to_u32()).or_insert_with(|| to_jsonb_for(rowtype) as usize))
+            as *mut pg_sys::FmgrInfo;
         pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, row)
     }
 }
@@ -151,7 +167,14 @@ unsafe fn to_jsonb_for(rowtype: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
         pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), flinfo);
         let arg = pg_sys::makeNullConst(rowtype, -1, pg_sys::InvalidOid);
         let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
-        let expr = pg_sys::makeFuncExpr(pg_sys::Oid::from(pg_sys::F_TO_JSONB), pg_sys::JSONBOID, args, pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::CoercionForm::COERCE_EXPLICIT_CALL);
+        let expr = pg_sys::makeFuncExpr(
+            pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+            pg_sys::JSONBOID,
+            args,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+        );
         (*flinfo).fn_expr = expr.cast();
         pg_sys::MemoryContextSwitchTo(old);
         flinfo
@@ -222,7 +245,12 @@ fn watch(tgoid: pg_sys::Oid, mapping_id: i64) -> Rc<Watch> {
 /// Whether an UPDATE changed any of `columns` (every column when None). Binary comparison: a
 /// value rewritten to an equal but differently stored form counts as a change, which is
 /// harmless.
-unsafe fn columns_changed(columns: Option<&[String]>, old: *mut pg_sys::HeapTupleData, new: *mut pg_sys::HeapTupleData, tupdesc: pg_sys::TupleDesc) -> bool {
+unsafe fn columns_changed(
+    columns: Option<&[String]>,
+    old: *mut pg_sys::HeapTupleData,
+    new: *mut pg_sys::HeapTupleData,
+    tupdesc: pg_sys::TupleDesc,
+) -> bool {
     // SAFETY: tupdesc describes both tuples and lives through this call.
     let attrs = unsafe { crate::pg::compat::attributes(tupdesc) };
     for (i, att) in attrs.iter().enumerate() {
@@ -259,8 +287,14 @@ unsafe fn same_datum(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
     // SAFETY: by-reference datums point at valid values of the column's type.
     unsafe {
         let (la, lb) = match len {
-            -1 => (pgrx::varlena::varsize_any(pa as *const pg_sys::varlena), pgrx::varlena::varsize_any(pb as *const pg_sys::varlena)),
-            -2 => (std::ffi::CStr::from_ptr(pa as *const _).to_bytes().len(), std::ffi::CStr::from_ptr(pb as *const _).to_bytes().len()),
+            -1 => (
+                pgrx::varlena::varsize_any(pa as *const pg_sys::varlena),
+                pgrx::varlena::varsize_any(pb as *const pg_sys::varlena),
+            ),
+            -2 => (
+                std::ffi::CStr::from_ptr(pa as *const _).to_bytes().len(),
+                std::ffi::CStr::from_ptr(pb as *const _).to_bytes().len(),
+            ),
             n => (n as usize, n as usize),
         };
         la == lb && std::slice::from_raw_parts(pa, la) == std::slice::from_raw_parts(pb, lb)

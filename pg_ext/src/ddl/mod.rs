@@ -32,7 +32,8 @@ impl RelName {
             if rv.is_null() || (*rv).relname.is_null() {
                 return None;
             }
-            let schema = (!(*rv).schemaname.is_null()).then(|| CStr::from_ptr((*rv).schemaname).to_string_lossy().into_owned());
+            let schema =
+                (!(*rv).schemaname.is_null()).then(|| CStr::from_ptr((*rv).schemaname).to_string_lossy().into_owned());
             Some(RelName { schema, name: CStr::from_ptr((*rv).relname).to_string_lossy().into_owned() })
         }
     }
@@ -44,8 +45,18 @@ impl RelName {
         // SAFETY: makeRangeVar copies nothing it is given until used; both strings outlive the
         // lookup, which takes no lock and reports a missing relation as InvalidOid.
         let oid = unsafe {
-            let rv = pg_sys::makeRangeVar(schema.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr().cast_mut()), name.as_ptr().cast_mut(), -1);
-            pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut())
+            let rv = pg_sys::makeRangeVar(
+                schema.as_ref().map_or(std::ptr::null_mut(), |s| s.as_ptr().cast_mut()),
+                name.as_ptr().cast_mut(),
+                -1,
+            );
+            pg_sys::RangeVarGetRelidExtended(
+                rv,
+                pg_sys::NoLock as i32,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            )
         };
         (oid != pg_sys::InvalidOid).then_some(oid)
     }
@@ -82,7 +93,13 @@ pub unsafe fn before(pstmt: *mut pg_sys::PlannedStmt) -> Vec<Followup> {
             return Vec::new();
         }
         let tag = (*node).type_;
-        let relevant = matches!(tag, pg_sys::NodeTag::T_DropStmt | pg_sys::NodeTag::T_AlterTableStmt | pg_sys::NodeTag::T_CreateStmt | pg_sys::NodeTag::T_RenameStmt);
+        let relevant = matches!(
+            tag,
+            pg_sys::NodeTag::T_DropStmt
+                | pg_sys::NodeTag::T_AlterTableStmt
+                | pg_sys::NodeTag::T_CreateStmt
+                | pg_sys::NodeTag::T_RenameStmt
+        );
         if !relevant || !extension_here() {
             return Vec::new();
         }
@@ -102,7 +119,10 @@ pub unsafe fn before(pstmt: *mut pg_sys::PlannedStmt) -> Vec<Followup> {
                 let stmt = node as *mut pg_sys::CreateStmt;
                 match (*stmt).partbound.is_null() {
                     true => Vec::new(),
-                    false => RelName::from_range_var((*stmt).relation).map(|partition| Followup::PartitionAdded { partition, backfill: false }).into_iter().collect(),
+                    false => RelName::from_range_var((*stmt).relation)
+                        .map(|partition| Followup::PartitionAdded { partition, backfill: false })
+                        .into_iter()
+                        .collect(),
                 }
             }
             pg_sys::NodeTag::T_AlterTableStmt => {
@@ -112,22 +132,37 @@ pub unsafe fn before(pstmt: *mut pg_sys::PlannedStmt) -> Vec<Followup> {
                 for cmd in list_ptrs((*stmt).cmds) {
                     let cmd = cmd as *mut pg_sys::AlterTableCmd;
                     let sub = (*cmd).subtype;
-                    let is_partition_cmd = matches!(sub, pg_sys::AlterTableType::AT_AttachPartition | pg_sys::AlterTableType::AT_DetachPartition | pg_sys::AlterTableType::AT_DetachPartitionFinalize);
+                    let is_partition_cmd = matches!(
+                        sub,
+                        pg_sys::AlterTableType::AT_AttachPartition
+                            | pg_sys::AlterTableType::AT_DetachPartition
+                            | pg_sys::AlterTableType::AT_DetachPartitionFinalize
+                    );
                     if !is_partition_cmd || (*cmd).def.is_null() {
                         continue;
                     }
                     let pc = (*cmd).def as *mut pg_sys::PartitionCmd;
                     let Some(partition) = RelName::from_range_var((*pc).name) else { continue };
                     out.push(match sub {
-                        pg_sys::AlterTableType::AT_AttachPartition => Followup::PartitionAdded { partition, backfill: true },
-                        _ => Followup::PartitionDetached { parent: parent.clone(), partition, concurrent: (*pc).concurrent },
+                        pg_sys::AlterTableType::AT_AttachPartition => {
+                            Followup::PartitionAdded { partition, backfill: true }
+                        }
+                        _ => Followup::PartitionDetached {
+                            parent: parent.clone(),
+                            partition,
+                            concurrent: (*pc).concurrent,
+                        },
                     });
                 }
                 out
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let stmt = node as *mut pg_sys::RenameStmt;
-                if (*stmt).renameType != pg_sys::ObjectType::OBJECT_COLUMN || (*stmt).relationType != pg_sys::ObjectType::OBJECT_TABLE || (*stmt).subname.is_null() || (*stmt).newname.is_null() {
+                if (*stmt).renameType != pg_sys::ObjectType::OBJECT_COLUMN
+                    || (*stmt).relationType != pg_sys::ObjectType::OBJECT_TABLE
+                    || (*stmt).subname.is_null()
+                    || (*stmt).newname.is_null()
+                {
                     return Vec::new();
                 }
                 let Some(table) = RelName::from_range_var((*stmt).relation) else { return Vec::new() };
@@ -145,7 +180,9 @@ pub fn after(followups: Vec<Followup>) {
     for f in followups {
         match f {
             Followup::PartitionAdded { partition, backfill } => partitions::after_add(&partition, backfill),
-            Followup::PartitionDetached { parent, partition, concurrent } => partitions::after_detach(&parent, &partition, concurrent),
+            Followup::PartitionDetached { parent, partition, concurrent } => {
+                partitions::after_detach(&parent, &partition, concurrent)
+            }
             Followup::ColumnRenamed { table, old, new } => renames::after_rename(&table, &old, &new),
         }
     }

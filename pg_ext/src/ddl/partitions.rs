@@ -63,10 +63,14 @@ pub fn before_drop(names: &[RelName]) {
         // A dropped ancestor takes this partition with it: its own handling covers the rows.
         let ancestors: Vec<pg_sys::Oid> = with_catalog_search_path(|| {
             Spi::connect(|c| {
-                c.select("SELECT relid::oid FROM pg_partition_ancestors($1) WHERE relid::oid <> $1", None, &[rel.into()])
-                    .unwrap_or_report()
-                    .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
-                    .collect()
+                c.select(
+                    "SELECT relid::oid FROM pg_partition_ancestors($1) WHERE relid::oid <> $1",
+                    None,
+                    &[rel.into()],
+                )
+                .unwrap_or_report()
+                .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
+                .collect()
             })
         });
         if ancestors.iter().any(|a| oids.contains(a)) {

@@ -75,7 +75,9 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
         .catch_others(|e| {
             let msg = match &e {
-                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+                CaughtError::PostgresError(r)
+                | CaughtError::ErrorReport(r)
+                | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
             };
             // SAFETY: the failed transaction must be aborted before the next one starts.
             unsafe { pg_sys::AbortCurrentTransaction() };
@@ -92,7 +94,12 @@ fn pin_search_path() {
     crate::capture::canonical::pin_canonical_settings();
     // SAFETY: setting a GUC on the worker's main thread, as an override.
     unsafe {
-        pg_sys::SetConfigOption(c"search_path".as_ptr(), c"pg_catalog, pg_temp".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
     }
 }
 
@@ -119,10 +126,14 @@ pub extern "C-unwind" fn pg_redis_launcher_main(_arg: pg_sys::Datum) {
         seen_requests = requests;
         let dbs = in_transaction("listing databases", || {
             Spi::connect(|c| {
-                c.select("SELECT oid, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
-                    .unwrap_or_report()
-                    .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
-                    .collect::<Vec<_>>()
+                c.select(
+                    "SELECT oid, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
+                    None,
+                    &[],
+                )
+                .unwrap_or_report()
+                .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
+                .collect::<Vec<_>>()
             })
         })
         .unwrap_or_default();
@@ -156,7 +167,10 @@ pub extern "C-unwind" fn pg_redis_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
     pin_search_path();
     let database = in_transaction("checking for the extension", || {
-        let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')").ok().flatten().unwrap_or(false);
+        let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
         installed.then(|| Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default())
     })
     .flatten();
@@ -172,7 +186,10 @@ pub extern "C-unwind" fn pg_redis_worker_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::proc_exit((hold == crate::copies::Hold::Restart) as i32) };
         }
     }
-    log!("pg_redis: delivering changes of database {database} to {}", pg_redis_shared::redact::redact_url(&gucs::redis_url()));
+    log!(
+        "pg_redis: delivering changes of database {database} to {}",
+        pg_redis_shared::redact::redact_url(&gucs::redis_url())
+    );
     let mut w = Worker::new(dboid, database);
     let exit = w.run();
     registry::release(dboid);
@@ -194,7 +211,9 @@ enum Exit {
 
 enum Drained {
     /// Delivered (or parked) this many; `full` when the batch was full (more may be waiting).
-    Some { full: bool },
+    Some {
+        full: bool,
+    },
     Empty,
     /// Redis failed; retry after this long.
     Failed(Duration),
@@ -212,7 +231,15 @@ struct Worker {
 
 impl Worker {
     fn new(dboid: pg_sys::Oid, database: String) -> Self {
-        Worker { dboid, database, redis: None, mappings: HashMap::new(), backoff: Backoff::default(), stuck: HashMap::new(), pipeline: redis_sink::PipelineThread::start() }
+        Worker {
+            dboid,
+            database,
+            redis: None,
+            mappings: HashMap::new(),
+            backoff: Backoff::default(),
+            stuck: HashMap::new(),
+            pipeline: redis_sink::PipelineThread::start(),
+        }
     }
 
     fn run(&mut self) -> Exit {
@@ -258,8 +285,13 @@ impl Worker {
     }
 
     fn extension_installed(&self) -> bool {
-        in_transaction("checking for the extension", || Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')").ok().flatten().unwrap_or(false))
-            .unwrap_or(true)
+        in_transaction("checking for the extension", || {
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')")
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        })
+        .unwrap_or(true)
     }
 
     fn next_stuck_retry(&self) -> Option<Duration> {
@@ -269,7 +301,12 @@ impl Worker {
     /// Mapping ids whose table is waiting to retry (0 stands for queued commands).
     fn excluded(&self) -> Vec<i64> {
         let waiting: HashSet<Scope> = self.stuck.iter().filter(|(_, b)| b.waiting()).map(|(s, _)| *s).collect();
-        let mut ids: Vec<i64> = self.mappings.iter().filter(|(_, (_, oid))| waiting.contains(&Scope::Table(*oid))).map(|(id, _)| *id).collect();
+        let mut ids: Vec<i64> = self
+            .mappings
+            .iter()
+            .filter(|(_, (_, oid))| waiting.contains(&Scope::Table(*oid)))
+            .map(|(id, _)| *id)
+            .collect();
         if waiting.contains(&Scope::Commands) {
             ids.push(0);
         }
@@ -326,9 +363,16 @@ impl Worker {
             self.pipeline = None;
         }
         loop {
-            let taken: Vec<i64> = in_flight.as_ref().map(|f| f.events.iter().map(|e| e.id).collect()).unwrap_or_default();
-            let (mut events, bytes_full) = if started.elapsed() < TRANSACTION_TIME { outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken) } else { (Vec::new(), false) };
-            let mut full = bytes_full || events.len() as i64 >= limit || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
+            let taken: Vec<i64> =
+                in_flight.as_ref().map(|f| f.events.iter().map(|e| e.id).collect()).unwrap_or_default();
+            let (mut events, bytes_full) = if started.elapsed() < TRANSACTION_TIME {
+                outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken)
+            } else {
+                (Vec::new(), false)
+            };
+            let mut full = bytes_full
+                || events.len() as i64 >= limit
+                || (started.elapsed() >= TRANSACTION_TIME && in_flight.is_some());
             // A batch ends with its first run of queued commands: should Redis refuse one of
             // them for a while, none queued after it may run first (the rest stays locked by
             // this transaction and is read again).
@@ -350,17 +394,20 @@ impl Worker {
             }
             registry::set_state(self.dboid, WorkerState::Delivering, None);
             // Events of a table Redis just refused stay queued (their order must hold).
-            let (events, planned): (Vec<Event>, Vec<Result<Planned, String>>) = events.into_iter().zip(planned).filter(|(e, _)| !self.waiting(self.scope_of(e))).unzip();
+            let (events, planned): (Vec<Event>, Vec<Result<Planned, String>>) =
+                events.into_iter().zip(planned).filter(|(e, _)| !self.waiting(self.scope_of(e))).unzip();
             let scans = planned.iter().any(|p| p.as_ref().is_ok_and(Planned::scans));
             let target = redis_client::Target::from_settings();
             let (runnable, status) = split(planned);
             if scans || self.pipeline.is_none() {
                 let refs: Vec<&Planned> = runnable.iter().collect();
-                let tables: HashMap<i64, pg_sys::Oid> = self.mappings.iter().map(|(id, (_, oid))| (*id, *oid)).collect();
+                let tables: HashMap<i64, pg_sys::Oid> =
+                    self.mappings.iter().map(|(id, (_, oid))| (*id, *oid)).collect();
                 let sent = match self.connection() {
-                    Ok(conn) => {
-                        redis_sink::apply(conn, &refs, &mut |m, keys| outbox::existing_keys(m, tables.get(&m.id).copied().unwrap_or(pg_sys::InvalidOid), keys)).map_err(|e| redis_client::from_redis(&target, e))
-                    }
+                    Ok(conn) => redis_sink::apply(conn, &refs, &mut |m, keys| {
+                        outbox::existing_keys(m, tables.get(&m.id).copied().unwrap_or(pg_sys::InvalidOid), keys)
+                    })
+                    .map_err(|e| redis_client::from_redis(&target, e)),
                     Err(e) => Err(e),
                 };
                 match sent {
@@ -379,7 +426,13 @@ impl Worker {
             } else if let Some(p) = &self.pipeline {
                 if !p.send(target, runnable) {
                     self.pipeline = None;
-                    return self.failed(&events, pg_redis_shared::Error::Unavailable { server: "Redis", reason: "the pipeline thread stopped".into() });
+                    return self.failed(
+                        &events,
+                        pg_redis_shared::Error::Unavailable {
+                            server: "Redis",
+                            reason: "the pipeline thread stopped".into(),
+                        },
+                    );
                 }
                 in_flight = Some(Flight { events, status });
             }
@@ -387,13 +440,23 @@ impl Worker {
     }
 
     fn plan_all(&mut self, events: &[Event]) -> Vec<Result<Planned, String>> {
-        let missing: Vec<i64> = events.iter().filter_map(|e| e.mapping_id).filter(|id| !self.mappings.contains_key(id)).collect::<HashSet<_>>().into_iter().collect();
+        let missing: Vec<i64> = events
+            .iter()
+            .filter_map(|e| e.mapping_id)
+            .filter(|id| !self.mappings.contains_key(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         if !missing.is_empty() {
             for (m, oid) in outbox::load_mappings(&missing) {
                 self.mappings.insert(m.id, (Arc::new(m), oid));
             }
         }
-        let ctx = ApplyContext { database: &self.database, stream_maxlen: gucs::STREAM_MAXLEN.get().max(0) as u64, now_ms: now_ms() };
+        let ctx = ApplyContext {
+            database: &self.database,
+            stream_maxlen: gucs::STREAM_MAXLEN.get().max(0) as u64,
+            now_ms: now_ms(),
+        };
         events.iter().map(|e| self.plan(e, &ctx)).collect()
     }
 
@@ -423,11 +486,21 @@ impl Worker {
             },
             (Kind::Sweep, Some(m)) => vec![Step::SweepKeys { scan_pattern: m.key.scan_pattern() }],
             (Kind::Row(op), Some(m)) => {
-                let change = CapturedChange { id: e.id, op, tx_id: e.tx_id, captured_ms: e.captured_ms, before: e.old_row.clone(), after: e.new_row.clone() };
-                apply::plan(m, &change, ctx).map_err(|err| format!("cannot apply change {} of {}: {err}", e.id, m.display_name()))?
+                let change = CapturedChange {
+                    id: e.id,
+                    op,
+                    tx_id: e.tx_id,
+                    captured_ms: e.captured_ms,
+                    before: e.old_row.clone(),
+                    after: e.new_row.clone(),
+                };
+                apply::plan(m, &change, ctx)
+                    .map_err(|err| format!("cannot apply change {} of {}: {err}", e.id, m.display_name()))?
             }
             (Kind::Unknown(c), _) => return Err(format!("unknown outbox op '{c}'")),
-            (_, None) => return Err(format!("mapping {} of this event no longer exists", e.mapping_id.unwrap_or_default())),
+            (_, None) => {
+                return Err(format!("mapping {} of this event no longer exists", e.mapping_id.unwrap_or_default()))
+            }
         };
         Ok(Planned { steps, mapping, queued: e.kind == Kind::Command })
     }
@@ -511,7 +584,12 @@ impl Flight {
     fn wait(&self, w: &mut Worker) -> Result<(), pg_redis_shared::Error> {
         let outcomes = match &w.pipeline {
             Some(p) => p.wait()?,
-            None => return Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "the pipeline thread stopped".into() }),
+            None => {
+                return Err(pg_redis_shared::Error::Unavailable {
+                    server: "Redis",
+                    reason: "the pipeline thread stopped".into(),
+                })
+            }
         };
         w.backoff.succeed();
         w.settle(&self.events, self.status.clone(), outcomes);
@@ -543,7 +621,9 @@ fn end_of_first_command_run(events: &[Event]) -> Option<usize> {
 
 /// Error replies that may go away by themselves (memory freed, a replica promoted).
 fn transient(err: &str) -> bool {
-    ["OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"].iter().any(|p| err.starts_with(p))
+    ["OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"]
+        .iter()
+        .any(|p| err.starts_with(p))
 }
 
 fn ms(v: i32) -> Duration {

@@ -55,7 +55,8 @@ const BATCH_SQL: &str = "SELECT id, mapping_id, op::text, tx_id, (date_part('epo
 /// was reached (more may be waiting).
 pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64]) -> (Vec<Event>, bool) {
     Spi::connect_mut(|client| {
-        let mut cursor = client.open_cursor_mut(BATCH_SQL, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]);
+        let mut cursor =
+            client.open_cursor_mut(BATCH_SQL, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]);
         let mut events = Vec::new();
         let mut bytes = 0usize;
         // Start small: nothing is known yet of the rows' size.
@@ -108,7 +109,8 @@ impl Event {
 pub fn delete(ctids: &[String]) {
     if !ctids.is_empty() {
         Spi::run("SET LOCAL enable_seqscan = off").unwrap_or_report();
-        Spi::run_with_args("DELETE FROM redis.outbox WHERE ctid = ANY($1::tid[])", &[ctids.to_vec().into()]).unwrap_or_report();
+        Spi::run_with_args("DELETE FROM redis.outbox WHERE ctid = ANY($1::tid[])", &[ctids.to_vec().into()])
+            .unwrap_or_report();
     }
 }
 
@@ -187,7 +189,11 @@ pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
         for r in rows {
             // Current names (renamed tables); a dropped table keeps the names it had when synced
             // (its queued changes and the purge of its keys still apply).
-            let (Some(schema_name), Some(rel_name)) = (r.get::<String>(2).unwrap_or_report(), r.get::<String>(3).unwrap_or_report()) else { continue };
+            let (Some(schema_name), Some(rel_name)) =
+                (r.get::<String>(2).unwrap_or_report(), r.get::<String>(3).unwrap_or_report())
+            else {
+                continue;
+            };
             let row = CatalogRow {
                 id: r.get(1).unwrap_or_report().unwrap_or_default(),
                 schema_name,
@@ -221,9 +227,12 @@ pub fn forget_unused_mappings() {
 /// cast count as existing (kept), and an error never stalls delivery.
 pub fn existing_keys(mapping: &TableMapping, table: pg_sys::Oid, keys: &[Vec<String>]) -> Vec<usize> {
     let ncols = mapping.key.columns().count();
-    let columns: Vec<Vec<String>> = (0..ncols).map(|c| keys.iter().map(|k| k.get(c).cloned().unwrap_or_default()).collect()).collect();
+    let columns: Vec<Vec<String>> =
+        (0..ncols).map(|c| keys.iter().map(|k| k.get(c).cloned().unwrap_or_default()).collect()).collect();
     let sql = pg_redis_shared::sql::existing_keys(mapping);
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_class WHERE oid = $1", &[table.into()]).ok().flatten();
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_class WHERE oid = $1", &[table.into()])
+        .ok()
+        .flatten();
     let Some(owner) = owner else { return (0..keys.len()).collect() };
     let query = std::panic::AssertUnwindSafe(|| {
         crate::api::privileges::as_role(owner, || {
@@ -235,7 +244,11 @@ pub fn existing_keys(mapping: &TableMapping, table: pg_sys::Oid, keys: &[Vec<Str
         })
     });
     in_subtransaction(query).unwrap_or_else(|msg| {
-        log!("pg_redis: keeping {} keys of {} whose rows could not be checked: {msg}", keys.len(), mapping.display_name());
+        log!(
+            "pg_redis: keeping {} keys of {} whose rows could not be checked: {msg}",
+            keys.len(),
+            mapping.display_name()
+        );
         (0..keys.len()).collect()
     })
 }
@@ -251,7 +264,9 @@ fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Resul
         let r = PgTryBuilder::new(|| Ok(f()))
             .catch_others(move |e| {
                 let msg = match &e {
-                    pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+                    pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                    | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+                    | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
                 };
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 pg_sys::MemoryContextSwitchTo(mcx);

@@ -11,7 +11,6 @@ use pg_redis_shared::{Error, TableMapping};
 use redis::{Connection, Pipeline, RedisResult, Value};
 use std::sync::{mpsc, Arc};
 
-
 /// One event's steps.
 pub struct Planned {
     pub steps: Vec<Step>,
@@ -84,7 +83,8 @@ fn fence_abandoned(conn: &mut Connection, url: &str) -> RedisResult<()> {
     };
     for (i, (_, id, addr)) in pending.iter().enumerate() {
         // ID and ADDR together: after a Redis restart, ids start again and may name another client.
-        let r: RedisResult<Value> = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).arg("ADDR").arg(addr).query(conn);
+        let r: RedisResult<Value> =
+            redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).arg("ADDR").arg(addr).query(conn);
         if let Err(e) = r {
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
                 // Not fenced yet: keep them for the next connection.
@@ -127,8 +127,9 @@ impl PipelineThread {
                 .and_then(|mut c| {
                     c.fence()?;
                     let refs: Vec<&Planned> = planned.iter().collect();
-                    let r = crate::threads::catch(|| apply(&mut c.conn, &refs, &mut |_, _| Vec::new()))
-                        .unwrap_or_else(|why| Err(redis::RedisError::from((redis::ErrorKind::Client, "internal error", why))));
+                    let r = crate::threads::catch(|| apply(&mut c.conn, &refs, &mut |_, _| Vec::new())).unwrap_or_else(
+                        |why| Err(redis::RedisError::from((redis::ErrorKind::Client, "internal error", why))),
+                    );
                     match r {
                         Ok(outcomes) => {
                             conn = Some(c);
@@ -168,7 +169,9 @@ impl PipelineThread {
                         return r;
                     }
                 }
-                Err(_) => return Err(Error::Unavailable { server: "Redis", reason: "the pipeline thread stopped".into() }),
+                Err(_) => {
+                    return Err(Error::Unavailable { server: "Redis", reason: "the pipeline thread stopped".into() })
+                }
             }
         }
     }
@@ -200,7 +203,11 @@ const SCAN_COUNT: usize = 1000;
 
 /// Applies every event in order. `existing` tells, for a mapping and keys (their column
 /// values), which positions still have a row (the resync sweep).
-pub fn apply(conn: &mut Connection, planned: &[&Planned], existing: &mut dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<usize>) -> RedisResult<Vec<Outcome>> {
+pub fn apply(
+    conn: &mut Connection,
+    planned: &[&Planned],
+    existing: &mut dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<usize>,
+) -> RedisResult<Vec<Outcome>> {
     let mut outcomes = vec![Outcome::Applied; planned.len()];
     let mut batch = Segment::default();
     for (i, p) in planned.iter().enumerate() {
@@ -324,7 +331,9 @@ impl Segment {
 /// The outcome of commands `start..end` queued (without error) in the run opened at `multi`:
 /// their replies are in EXEC's array, or EXEC discarded them all.
 fn run_outcome(values: &[Value], runs: &[(usize, usize)], multi: usize, start: usize, end: usize) -> Outcome {
-    let Some(exec) = runs.iter().find(|r| r.0 == multi).map(|r| r.1) else { return Outcome::NotRun("no EXEC was sent".into()) };
+    let Some(exec) = runs.iter().find(|r| r.0 == multi).map(|r| r.1) else {
+        return Outcome::NotRun("no EXEC was sent".into());
+    };
     match values.get(exec) {
         Some(Value::Array(replies)) => {
             // Replies of the run's commands in order: the first command sits right after MULTI.
@@ -334,7 +343,9 @@ fn run_outcome(values: &[Value], runs: &[(usize, usize)], multi: usize, start: u
                 None => Outcome::NotRun("EXEC answered fewer replies than commands".into()),
             }
         }
-        Some(other) => Outcome::NotRun(first_error(other).unwrap_or_else(|| "EXEC did not run the queued commands".into())),
+        Some(other) => {
+            Outcome::NotRun(first_error(other).unwrap_or_else(|| "EXEC did not run the queued commands".into()))
+        }
         None => Outcome::NotRun("no reply to EXEC".into()),
     }
 }
@@ -349,12 +360,22 @@ fn first_error(v: &Value) -> Option<String> {
 }
 
 /// SCANs the keys matching `pattern` that the template parses, and UNLINKs those `doomed` marks.
-fn scan_and_delete(conn: &mut Connection, pattern: &str, m: &TableMapping, doomed: &mut dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<bool>) -> RedisResult<()> {
+fn scan_and_delete(
+    conn: &mut Connection,
+    pattern: &str,
+    m: &TableMapping,
+    doomed: &mut dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<bool>,
+) -> RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT).query(conn)?;
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT).query(conn)?;
         // Keys that are not text, or not of the template's shape, are someone else's.
-        let parsed: Vec<(String, Vec<String>)> = keys.into_iter().filter_map(|k| String::from_utf8(k).ok()).filter_map(|k| m.key.parse_key(&k).ok().map(|v| (k, v))).collect();
+        let parsed: Vec<(String, Vec<String>)> = keys
+            .into_iter()
+            .filter_map(|k| String::from_utf8(k).ok())
+            .filter_map(|k| m.key.parse_key(&k).ok().map(|v| (k, v)))
+            .collect();
         if !parsed.is_empty() {
             let values: Vec<Vec<String>> = parsed.iter().map(|p| p.1.clone()).collect();
             let marks = doomed(m, &values);

@@ -111,7 +111,11 @@ pub fn claim(dboid: pg_sys::Oid) -> bool {
             return false;
         }
     }
-    let idx = reg.slots.iter().position(|s| s.dboid == db).or_else(|| reg.slots.iter().position(|s| s.dboid == 0 || !process_alive(s.pid)));
+    let idx = reg
+        .slots
+        .iter()
+        .position(|s| s.dboid == db)
+        .or_else(|| reg.slots.iter().position(|s| s.dboid == 0 || !process_alive(s.pid)));
     match idx {
         Some(i) => {
             reg.slots[i] = Slot { dboid: db, pid: me, state: WorkerState::Starting as u8, ..Slot::default() };

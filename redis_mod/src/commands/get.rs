@@ -2,7 +2,7 @@
 //! PostgreSQL on a pool thread (one query for all concurrent misses of the key), stored under a
 //! lease, and returned. A missing row answers nil and is remembered for `negative_ttl`.
 
-use super::{block_for_pool, blame_key, cached, check_db, check_key_values, encoded_reply, key_text};
+use super::{blame_key, block_for_pool, cached, check_db, check_key_values, encoded_reply, key_text};
 use crate::blocking::{Blocked, Completion};
 use crate::cache::{self, Fill, Miss};
 use crate::pool::{self, Job, Session};
@@ -18,7 +18,14 @@ use std::time::Instant;
 /// argument vector, no reference counting, one lookup, one copy into the reply. Everything
 /// else (hash values, misses, errors) takes [`run`].
 pub extern "C" fn command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
-    let fast = std::panic::catch_unwind(|| if argc == 2 { unsafe { serve_string_hit(ctx, *argv.add(1)) } } else { Fast::NotTried }).unwrap_or(Fast::NotTried);
+    let fast = std::panic::catch_unwind(|| {
+        if argc == 2 {
+            unsafe { serve_string_hit(ctx, *argv.add(1)) }
+        } else {
+            Fast::NotTried
+        }
+    })
+    .unwrap_or(Fast::NotTried);
     if fast == Fast::Served {
         return raw::REDISMODULE_OK as c_int;
     }
@@ -50,9 +57,13 @@ unsafe fn serve_string_hit(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisMo
     }
     // SAFETY: the raw calls follow the module API contract: open, read, reply, close.
     unsafe {
-        let (Some(open), Some(key_type), Some(dma), Some(reply), Some(close)) =
-            (raw::RedisModule_OpenKey, raw::RedisModule_KeyType, raw::RedisModule_StringDMA, raw::RedisModule_ReplyWithStringBuffer, raw::RedisModule_CloseKey)
-        else {
+        let (Some(open), Some(key_type), Some(dma), Some(reply), Some(close)) = (
+            raw::RedisModule_OpenKey,
+            raw::RedisModule_KeyType,
+            raw::RedisModule_StringDMA,
+            raw::RedisModule_ReplyWithStringBuffer,
+            raw::RedisModule_CloseKey,
+        ) else {
             return Fast::NotTried;
         };
         let k = open(ctx, key, raw::REDISMODULE_READ as c_int) as *mut raw::RedisModuleKey;
@@ -153,7 +164,14 @@ fn lead(blocked: Blocked, mapping: Arc<TableMapping>, key: Vec<u8>, values: Vec<
             waiters.extend(read.leader.take());
             match result {
                 Ok(value) => {
-                    let fill = Fill::new(std::mem::take(&mut read.key), read.token, value, cache::ttl_for(mapping.ttl), started, waiters.len());
+                    let fill = Fill::new(
+                        std::mem::take(&mut read.key),
+                        read.token,
+                        value,
+                        cache::ttl_for(mapping.ttl),
+                        started,
+                        waiters.len(),
+                    );
                     read.token = 0;
                     for w in waiters {
                         let (f1, f2, f3) = (fill.clone(), fill.clone(), fill.clone());
@@ -202,10 +220,16 @@ impl Drop for ReadGuard {
 }
 
 /// The row of `key` encoded, with the key the row itself renders to.
-fn read_row(session: &mut Session, mapping: &TableMapping, key: &[u8], values: &[String]) -> Result<Option<(String, pg_redis_shared::Encoded)>, Error> {
+fn read_row(
+    session: &mut Session,
+    mapping: &TableMapping,
+    key: &[u8],
+    values: &[String],
+) -> Result<Option<(String, pg_redis_shared::Encoded)>, Error> {
     STATS.pg_queries.inc();
     let sql = pg_redis_shared::sql::row_by_key(mapping);
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = values.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        values.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
     let key_str = String::from_utf8_lossy(key);
     let rows = session.query(&sql, &params).map_err(|e| {
         STATS.pg_errors.inc();

@@ -2,7 +2,9 @@
 //! revokes any fill in flight for them. Returns how many keys existed.
 
 use crate::cache;
-use redis_module::{CallOptionsBuilder, CallReply, CallResult, Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{
+    CallOptionsBuilder, CallReply, CallResult, Context, RedisError, RedisResult, RedisString, RedisValue,
+};
 
 pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() < 2 {

@@ -1,7 +1,7 @@
 //! `PG.MGET key [key ...]`: like PG.GET for many keys; the misses are read with one query per
 //! table, filled under leases, and the answer keeps the order of the keys.
 
-use super::{block_for_pool, blame_key, cached, check_db, check_key_values, encoded_reply, key_text, submit, Cached};
+use super::{blame_key, block_for_pool, cached, check_db, check_key_values, encoded_reply, key_text, submit, Cached};
 use crate::blocking::Completion;
 use crate::cache::{self, Fill};
 use crate::pool::Session;
@@ -121,12 +121,17 @@ fn reply_of(c: &Option<Cached>) -> RedisValue {
 
 /// One query per table: the rows of all its missed keys (with the key each row renders to), by
 /// answer position.
-fn read_all(session: &mut Session, misses: &HashMap<i64, (Arc<TableMapping>, Vec<Wanted>)>) -> Result<HashMap<usize, (String, Encoded)>, Error> {
+fn read_all(
+    session: &mut Session,
+    misses: &HashMap<i64, (Arc<TableMapping>, Vec<Wanted>)>,
+) -> Result<HashMap<usize, (String, Encoded)>, Error> {
     let mut found = HashMap::new();
     for (mapping, wanted) in misses.values() {
         let ncols = mapping.key.columns().count();
-        let columns: Vec<Vec<&str>> = (0..ncols).map(|c| wanted.iter().map(|w| w.values[c].as_str()).collect()).collect();
-        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)).collect();
+        let columns: Vec<Vec<&str>> =
+            (0..ncols).map(|c| wanted.iter().map(|w| w.values[c].as_str()).collect()).collect();
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)).collect();
         STATS.pg_queries.inc();
         let rows = session.query(&pg_redis_shared::sql::rows_by_keys(mapping), &params).map_err(|e| {
             STATS.pg_errors.inc();

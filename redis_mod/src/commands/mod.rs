@@ -19,7 +19,11 @@ use std::time::Instant;
 /// Blocks the client and runs `work` on a pool thread; its Completion answers the client.
 /// Refuses at once (`BUSY`) when the queue is full, and inside MULTI or scripts, where a
 /// client cannot wait, with a clear error.
-pub fn on_pool(ctx: &Context, command: &str, work: impl FnOnce(&mut Session) -> Completion + Send + 'static) -> RedisResult {
+pub fn on_pool(
+    ctx: &Context,
+    command: &str,
+    work: impl FnOnce(&mut Session) -> Completion + Send + 'static,
+) -> RedisResult {
     let blocked = block_for_pool(ctx, command)?;
     submit(blocked, move |session| match session {
         Ok(s) => work(s),
@@ -31,18 +35,25 @@ pub fn on_pool(ctx: &Context, command: &str, work: impl FnOnce(&mut Session) -> 
 /// Blocks the client for a pool job, or refuses with a clear error (MULTI/scripts, full queue).
 pub fn block_for_pool(ctx: &Context, command: &str) -> Result<blocking::Blocked, RedisError> {
     if !blocking::may_block(ctx) {
-        return Err(RedisError::String(format!("ERR {command} needs PostgreSQL and cannot wait inside MULTI, EXEC or a script; call it on its own")));
+        return Err(RedisError::String(format!(
+            "ERR {command} needs PostgreSQL and cannot wait inside MULTI, EXEC or a script; call it on its own"
+        )));
     }
     if pool::queue_depth() >= config::queue_max() {
         STATS.busy.inc();
-        return Err(to_redis(&Error::Busy { what: "the PostgreSQL request queue is full (redis_pg.queue_max); retry later".into() }));
+        return Err(to_redis(&Error::Busy {
+            what: "the PostgreSQL request queue is full (redis_pg.queue_max); retry later".into(),
+        }));
     }
     blocking::block(ctx)
 }
 
 /// Runs `work` on a pool thread (or with the reason it cannot run: deadline passed, queue
 /// full); its Completion answers `blocked`.
-pub fn submit(blocked: blocking::Blocked, work: impl FnOnce(Result<&mut Session, Error>) -> Completion + Send + 'static) {
+pub fn submit(
+    blocked: blocking::Blocked,
+    work: impl FnOnce(Result<&mut Session, Error>) -> Completion + Send + 'static,
+) {
     let job = Job {
         deadline: Instant::now() + config::query_timeout(),
         work: Box::new(move |session| blocked.finish(work(session))),
@@ -63,7 +74,11 @@ impl Cached {
     pub fn reply(&self) -> RedisValue {
         match self {
             Cached::Bytes(b) => RedisValue::StringBuffer(b.clone()),
-            Cached::Fields(f) => RedisValue::OrderedMap(f.iter().map(|(k, v)| (RedisValueKey::BulkString(k.clone()), RedisValue::StringBuffer(v.clone()))).collect()),
+            Cached::Fields(f) => RedisValue::OrderedMap(
+                f.iter()
+                    .map(|(k, v)| (RedisValueKey::BulkString(k.clone()), RedisValue::StringBuffer(v.clone())))
+                    .collect(),
+            ),
         }
     }
 }
@@ -90,7 +105,14 @@ pub fn encoded_reply(value: Option<&Encoded>) -> RedisValue {
     match value {
         None => RedisValue::Null,
         Some(Encoded::Json(s)) => RedisValue::StringBuffer(s.as_bytes().to_vec()),
-        Some(Encoded::Hash(fields)) => RedisValue::OrderedMap(fields.iter().map(|(f, v)| (RedisValueKey::BulkString(f.as_bytes().to_vec()), RedisValue::StringBuffer(v.as_bytes().to_vec()))).collect()),
+        Some(Encoded::Hash(fields)) => RedisValue::OrderedMap(
+            fields
+                .iter()
+                .map(|(f, v)| {
+                    (RedisValueKey::BulkString(f.as_bytes().to_vec()), RedisValue::StringBuffer(v.as_bytes().to_vec()))
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -108,7 +130,8 @@ pub fn check_db(ctx: &Context) -> Result<(), RedisError> {
 
 /// A key as text (templates are text; other bytes cannot belong to a mapping).
 pub fn key_text(key: &[u8]) -> Result<&str, RedisError> {
-    std::str::from_utf8(key).map_err(|_| to_redis(&Error::UnmappedKey { key: String::from_utf8_lossy(key).into_owned() }))
+    std::str::from_utf8(key)
+        .map_err(|_| to_redis(&Error::UnmappedKey { key: String::from_utf8_lossy(key).into_owned() }))
 }
 
 /// Fails fast on key values that cannot be of the column's type (no PostgreSQL round trip).
@@ -124,7 +147,11 @@ pub fn check_key_values(mapping: &TableMapping, key: &str, values: &[String]) ->
             _ => true,
         };
         if !ok {
-            return Err(Error::KeyMismatch { key: key.to_owned(), template: mapping.key.to_string(), reason: format!("\"{v}\" is not a valid {short} for column {col}") });
+            return Err(Error::KeyMismatch {
+                key: key.to_owned(),
+                template: mapping.key.to_string(),
+                reason: format!("\"{v}\" is not a valid {short} for column {col}"),
+            });
         }
     }
     Ok(())
@@ -141,7 +168,9 @@ pub fn renamed_table(e: &Error) {
 /// PostgreSQL rejected a key value (a data exception): say which key.
 pub fn blame_key(e: Error, mapping: &TableMapping, key: &str) -> Error {
     match e {
-        Error::InvalidValue { reason, .. } => Error::KeyMismatch { key: key.to_owned(), template: mapping.key.to_string(), reason },
+        Error::InvalidValue { reason, .. } => {
+            Error::KeyMismatch { key: key.to_owned(), template: mapping.key.to_string(), reason }
+        }
         other => other,
     }
 }

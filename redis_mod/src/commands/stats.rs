@@ -38,7 +38,10 @@ pub fn run(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() != 1 {
         return Err(RedisError::WrongArity);
     }
-    let map: BTreeMap<RedisValueKey, RedisValue> = counters().into_iter().map(|(k, v)| (RedisValueKey::String(k.to_owned()), RedisValue::Integer(v as i64))).collect();
+    let map: BTreeMap<RedisValueKey, RedisValue> = counters()
+        .into_iter()
+        .map(|(k, v)| (RedisValueKey::String(k.to_owned()), RedisValue::Integer(v as i64)))
+        .collect();
     Ok(RedisValue::OrderedMap(map))
 }
 

@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         let n = t.columns().count();
         let values: Vec<&str> = rest.split('\u{1}').chain(std::iter::repeat("")).take(n).collect();
         if let Ok(key) = t.render_values(&values) {
-            assert_eq!(t.parse_key(&key).ok(), Some(values.iter().map(|v| v.to_string()).collect()), "values round-trip through a key");
+            assert_eq!(
+                t.parse_key(&key).ok(),
+                Some(values.iter().map(|v| v.to_string()).collect()),
+                "values round-trip through a key"
+            );
         }
         let _ = t.scan_pattern();
     }

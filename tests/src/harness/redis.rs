@@ -35,7 +35,14 @@ impl Redis {
         let _ = fs::remove_dir_all(&cfg.dir);
         fs::create_dir_all(&cfg.dir).map_err(|e| format!("creating {}: {e}", cfg.dir.display()))?;
         let tls_ca = if cfg.tls { Some(tls::make_certs(&cfg.dir.join("tls"))?) } else { None };
-        let mut r = Redis { dir: cfg.dir.clone(), port: cfg.port, password: cfg.password.clone(), tls_ca, module: cfg.module.clone(), child: None };
+        let mut r = Redis {
+            dir: cfg.dir.clone(),
+            port: cfg.port,
+            password: cfg.password.clone(),
+            tls_ca,
+            module: cfg.module.clone(),
+            child: None,
+        };
         r.spawn()?;
         Ok(r)
     }
@@ -46,19 +53,34 @@ impl Redis {
             Some(ca) => {
                 let tls = ca.parent().unwrap_or(&self.dir).to_path_buf();
                 cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
-                    .arg("--tls-cert-file").arg(tls.join("server.crt"))
-                    .arg("--tls-key-file").arg(tls.join("server.key"))
-                    .arg("--tls-ca-cert-file").arg(ca);
+                    .arg("--tls-cert-file")
+                    .arg(tls.join("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(tls.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca);
             }
             None => {
                 cmd.args(["--port", &self.port.to_string()]);
             }
         }
         cmd.args(["--bind", "127.0.0.1", "--daemonize", "no"])
-            .arg("--dir").arg(&self.dir)
-            .arg("--pidfile").arg(self.dir.join("redis.pid"))
-            .arg("--logfile").arg(self.dir.join("redis.log"))
-            .args(["--appendonly", "yes", "--save", "", "--enable-module-command", "yes", "--enable-debug-command", "yes"]);
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--pidfile")
+            .arg(self.dir.join("redis.pid"))
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .args([
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--enable-module-command",
+                "yes",
+                "--enable-debug-command",
+                "yes",
+            ]);
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
@@ -66,18 +88,28 @@ impl Redis {
             cmd.arg("--loadmodule").arg(path).args(args);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = detach(&mut cmd).spawn().map_err(|e| format!("starting redis-server: {e} (install redis-server; make test does)"))?;
+        let child = detach(&mut cmd)
+            .spawn()
+            .map_err(|e| format!("starting redis-server: {e} (install redis-server; make test does)"))?;
         register(child.id() as i32, libc::SIGTERM);
         self.child = Some(child);
         let url = self.url();
         let log = self.dir.join("redis.log");
         let mut exited = false;
-        let ready = wait_until(&format!("redis-server on port {} (log: {})", self.port, log.display()), Duration::from_secs(30), || {
-            if let Some(c) = self.child.as_mut() {
-                exited |= matches!(c.try_wait(), Ok(Some(_)));
-            }
-            exited || redis::Client::open(url.as_str()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
-        });
+        let ready = wait_until(
+            &format!("redis-server on port {} (log: {})", self.port, log.display()),
+            Duration::from_secs(30),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    exited |= matches!(c.try_wait(), Ok(Some(_)));
+                }
+                exited
+                    || redis::Client::open(url.as_str())
+                        .and_then(|c| c.get_connection())
+                        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                        .is_ok()
+            },
+        );
         if exited {
             return Err(format!("redis-server exited at start: {}", fs::read_to_string(&log).unwrap_or_default()));
         }
@@ -94,7 +126,9 @@ impl Redis {
     }
 
     pub fn client(&self) -> Result<redis::Connection> {
-        redis::Client::open(self.url().as_str()).and_then(|c| c.get_connection()).map_err(|e| format!("connecting to redis on port {}: {e}", self.port))
+        redis::Client::open(self.url().as_str())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| format!("connecting to redis on port {}: {e}", self.port))
     }
 
     pub fn log(&self) -> String {
@@ -165,13 +199,63 @@ pub mod tls {
     pub fn make_certs(dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let run = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl").args(args).current_dir(dir).output().map_err(|e| format!("openssl: {e} (install openssl)"))?;
-            if out.status.success() { Ok(()) } else { Err(format!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))) }
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("openssl: {e} (install openssl)"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+            }
         };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=pg_redis test CA"])?;
-        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").map_err(|e| e.to_string())?;
-        run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"])?;
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pg_redis test CA",
+        ])?;
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            .map_err(|e| e.to_string())?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ])?;
         Ok(dir.join("ca.crt"))
     }
 }
