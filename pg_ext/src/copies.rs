@@ -182,9 +182,9 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
             // SAFETY: the failed transaction must be aborted before the next one starts.
             unsafe { pg_sys::AbortCurrentTransaction() };
             let msg = match &e {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
-                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
             };
             log!("pg_redis: checking whether this database is a copy failed: {msg}");
             None

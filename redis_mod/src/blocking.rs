@@ -20,10 +20,16 @@ use std::time::{Duration, Instant};
 /// fill) then `reply` for a client still waiting; `abandon` instead when the client timed out
 /// or left (nothing may touch the keyspace then).
 pub struct Completion {
-    pub effect: Option<Box<dyn FnOnce(&Context) + Send>>,
+    pub effect: Option<Effect>,
     pub abandon: Option<Box<dyn FnOnce() + Send>>,
-    pub reply: Box<dyn FnOnce(&Context) -> RedisResult + Send>,
+    pub reply: Reply,
 }
+
+/// Changes the keyspace on the main thread (a cache fill).
+pub type Effect = Box<dyn FnOnce(&Context) + Send>;
+
+/// Builds the reply of a finished command on the main thread.
+pub type Reply = Box<dyn FnOnce(&Context) -> RedisResult + Send>;
 
 impl Completion {
     pub fn reply(reply: impl FnOnce(&Context) -> RedisResult + Send + 'static) -> Self {

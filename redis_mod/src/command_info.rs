@@ -86,9 +86,9 @@ pub fn apply(ctx: &Context, info: &Info, with_category: bool) {
         }
         static VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoVersion {
             version: 1,
-            sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
-            sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
-            sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+            sizeof_historyentry: size_of::<raw::RedisModuleCommandHistoryEntry>(),
+            sizeof_keyspec: size_of::<raw::RedisModuleCommandKeySpec>(),
+            sizeof_arg: size_of::<raw::RedisModuleCommandArg>(),
         };
         let specs = match info.keys {
             Keys::None => vec![],
@@ -111,7 +111,7 @@ pub fn apply(ctx: &Context, info: &Info, with_category: bool) {
         else {
             return;
         };
-        let mut ci = raw::RedisModuleCommandInfo {
+        let ci = raw::RedisModuleCommandInfo {
             version: &VERSION,
             summary: summary.as_ptr(),
             complexity: complexity.as_ptr(),
@@ -126,7 +126,7 @@ pub fn apply(ctx: &Context, info: &Info, with_category: bool) {
             },
             args: std::ptr::null_mut(),
         };
-        if set_info(cmd, &mut ci) != raw::REDISMODULE_OK as c_int {
+        if set_info(cmd, &ci) != raw::REDISMODULE_OK as c_int {
             guard::log_warning(&format!("could not set command info of {}", info.name));
         }
         if let Some(set_categories) = raw::RedisModule_SetCommandACLCategories {

@@ -184,8 +184,11 @@ pub const INTEGERS: &[(&str, &AtomicI64, i64, i64)] = &[
     ("db", &DB, 0, 1_000_000),
 ];
 
+/// Called after a setting changed (the pool resizes itself on `pool_size`).
+pub type OnSet = Box<dyn Fn(&ConfigurationContext, &str, &'static AtomicI64)>;
+
 /// Registers every setting as `redis_pg.<name>` and loads the values the config file gives.
-pub fn register(ctx: &Context, on_pool_size: Box<dyn Fn(&ConfigurationContext, &str, &'static AtomicI64)>) {
+pub fn register(ctx: &Context, on_pool_size: OnSet) {
     let mut on_pool_size = Some(on_pool_size);
     for (name, v, min, max) in INTEGERS {
         let default = v.load(Ordering::Relaxed);
@@ -214,7 +217,7 @@ pub fn register(ctx: &Context, on_pool_size: Box<dyn Fn(&ConfigurationContext, &
 /// Applies `name value` pairs given after the module path (they win over `redis_pg.*` lines of
 /// the config file). Errors name the argument and what it accepts.
 pub fn apply_load_args(args: &[String]) -> Result<(), String> {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Err(format!(
             "arguments come in pairs (name value), got {}: {}",
             args.len(),
@@ -224,8 +227,9 @@ pub fn apply_load_args(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a.contains('\0')) {
         return Err("module arguments must not contain NUL bytes".into());
     }
-    for pair in args.chunks(2) {
-        let (name, value) = (pair[0].to_ascii_lowercase(), &pair[1]);
+    for pair in args.chunks_exact(2) {
+        let [name, value] = pair else { continue };
+        let name = name.to_ascii_lowercase();
         if let Some((n, v, min, max)) = INTEGERS.iter().find(|(n, ..)| *n == name) {
             let parsed: i64 = value.parse().map_err(|_| format!("{n} must be a whole number, got \"{value}\""))?;
             if !(*min..=*max).contains(&parsed) {

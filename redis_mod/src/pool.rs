@@ -39,6 +39,7 @@ static QUEUED: AtomicUsize = AtomicUsize::new(0);
 pub use crate::session::{reset_health, Session, CONNECTIONS};
 
 /// Queues a job, or refuses it at once when the queue is full.
+#[expect(clippy::result_large_err, reason = "a refused job goes back to its caller, who must still answer its client")]
 pub fn submit(job: Job) -> Result<(), (Error, Job)> {
     let mut jobs = QUEUE.jobs.lock().unwrap_or_else(|e| e.into_inner());
     if jobs.len() >= config::queue_max() {

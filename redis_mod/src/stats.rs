@@ -38,7 +38,9 @@ impl Latency {
     pub fn record(&self, d: Duration) {
         let us = d.as_micros().max(1) as u64;
         let b = (63 - us.leading_zeros()) as usize;
-        self.buckets[b.min(31)].fetch_add(1, Ordering::Relaxed);
+        if let Some(bucket) = self.buckets.get(b).or(self.buckets.last()) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The upper bound (µs) of the bucket holding quantile `q` (0..1), or 0 with no samples.

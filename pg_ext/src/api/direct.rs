@@ -164,12 +164,12 @@ fn command(args: VariadicArray<&str>) -> Option<JsonB> {
 /// Checks `args` (a command line, never empty) against the SQL command policy, then runs it on
 /// this backend's connection.
 fn send<T: redis::FromRedisValue + Send + 'static>(function: &str, args: Vec<String>) -> T {
-    if args.is_empty() {
+    let Some((name, rest)) = args.split_first() else {
         raise(Error::invalid_value("command", "()", "name a command, e.g. redis.command('GET', 'key')"));
-    }
+    };
     authorize_redis_command(function, &args);
-    call(move |c| redis::cmd(&args[0]).arg(&args[1..]).query::<T>(c)).or_raise()
-    // ok: args is not empty (checked above)
+    let (name, rest) = (name.clone(), rest.to_vec());
+    call(move |c| redis::cmd(&name).arg(&rest).query::<T>(c)).or_raise()
 }
 
 fn to_json(v: Value) -> Json {

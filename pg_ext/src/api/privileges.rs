@@ -203,7 +203,7 @@ fn read_protected_names() -> ProtectedNames {
     let rows: Vec<(String, String, Option<String>, Option<String>)> = as_extension_owner(|| {
         Spi::connect(|c| {
             let table = c.select("SELECT m.table_name::pg_catalog.text, m.key_template, m.stream_key, m.channel FROM redis.mapping m WHERE m.active", None, &[])?;
-            table.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?, r.get::<String>(4)?))).collect::<pgrx::spi::SpiResult<Vec<_>>>()
+            table.map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get::<String>(3)?, r.get::<String>(4)?))).collect::<spi::SpiResult<Vec<_>>>()
         })
         .unwrap_or_report()
     });

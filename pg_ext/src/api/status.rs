@@ -117,7 +117,7 @@ fn others_pending(last: i64) -> bool {
             )?;
             table
                 .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))))
-                .collect::<pgrx::spi::SpiResult<Vec<_>>>()
+                .collect::<spi::SpiResult<Vec<_>>>()
         })
         .unwrap_or_else(|e| cannot_read("redis.outbox", e));
         if rows.is_empty() {

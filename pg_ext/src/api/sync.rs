@@ -697,7 +697,7 @@ pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut d
 /// Inserts one chunk of backfill rows as the extension's owner (the values cross as one jsonb
 /// array, built in the chunk's context).
 fn insert_chunk(
-    client: &mut pgrx::spi::SpiClient,
+    client: &mut spi::SpiClient,
     mapping_id: i64,
     op: char,
     chunk: &[pg_sys::Datum],

@@ -66,6 +66,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
             if !unsafe { columns_changed(w.columns.as_deref(), old, new, tupdesc) } {
                 return Ok(None);
             }
+            // SAFETY: as above.
             let keep_old = w.needs_before || unsafe { columns_changed(Some(&w.key_columns), old, new, tupdesc) };
             ('u', keep_old.then_some(old), Some(new))
         }
@@ -119,8 +120,10 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
 /// Whether this TRUNCATE event of a mapping still needs queueing in the current statement: a
 /// purge of the whole table makes the sweeps of its partitions (same statement) pointless.
 fn first_truncate_of_statement(mapping_id: i64, whole: bool) -> bool {
+    /// (local transaction, command) and the (mapping, whole table) TRUNCATEs queued in it.
+    type Statement = (u32, u32, Vec<(i64, bool)>);
     thread_local! {
-        static SEEN: RefCell<(u32, u32, Vec<(i64, bool)>)> = const { RefCell::new((0, 0, Vec::new())) };
+        static SEEN: RefCell<Statement> = const { RefCell::new((0, 0, Vec::new())) };
     }
     // SAFETY: reading this backend's command counter.
     let (lxid, cid) = (crate::pg::compat::local_transaction_id(), unsafe { pg_sys::GetCurrentCommandId(false) });
@@ -163,7 +166,7 @@ unsafe fn to_jsonb_for(rowtype: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
     // SAFETY: allocations in TopMemoryContext, kept for the life of the backend.
     unsafe {
         let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        let flinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
+        let flinfo = pg_sys::palloc0(size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
         pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), flinfo);
         let arg = pg_sys::makeNullConst(rowtype, -1, pg_sys::InvalidOid);
         let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
@@ -268,10 +271,12 @@ unsafe fn columns_changed(
         let (mut null_a, mut null_b) = (false, false);
         // SAFETY: attnum is within the descriptor.
         let a = unsafe { pg_sys::heap_getattr(old, attnum, tupdesc, &mut null_a) };
+        // SAFETY: the same attribute of the other tuple of this UPDATE (same descriptor).
         let b = unsafe { pg_sys::heap_getattr(new, attnum, tupdesc, &mut null_b) };
         if null_a != null_b {
             return true;
         }
+        // SAFETY: both datums are non-null values of this attribute, whose byval/len are given.
         if !null_a && !unsafe { same_datum(a, b, att.attbyval, att.attlen) } {
             return true;
         }

@@ -81,7 +81,7 @@ pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64])
     })
 }
 
-fn event_of(r: &pgrx::spi::SpiHeapTupleData) -> Event {
+fn event_of(r: &spi::SpiHeapTupleData) -> Event {
     let op: String = r.get(3).unwrap_or_report().unwrap_or_default();
     Event {
         id: r.get(1).unwrap_or_report().unwrap_or_default(),
@@ -264,9 +264,9 @@ fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Resul
         let r = PgTryBuilder::new(|| Ok(f()))
             .catch_others(move |e| {
                 let msg = match &e {
-                    pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                    | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
-                    | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+                    pg_sys::panic::CaughtError::PostgresError(r)
+                    | pg_sys::panic::CaughtError::ErrorReport(r)
+                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
                 };
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 pg_sys::MemoryContextSwitchTo(mcx);

@@ -11,6 +11,13 @@ use pg_redis_shared::{Error, TableMapping};
 use redis::{Connection, Pipeline, RedisResult, Value};
 use std::sync::{mpsc, Arc};
 
+/// Given a mapping and the key values of keys found in Redis (one value list per key): the
+/// positions of those whose rows still exist.
+pub type ExistingKeys<'a> = dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<usize> + 'a;
+
+/// Given a mapping and key values: for each key, whether it must go.
+type DoomedKeys<'a> = dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<bool> + 'a;
+
 /// One event's steps.
 pub struct Planned {
     pub steps: Vec<Step>,
@@ -206,7 +213,7 @@ const SCAN_COUNT: usize = 1000;
 pub fn apply(
     conn: &mut Connection,
     planned: &[&Planned],
-    existing: &mut dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<usize>,
+    existing: &mut ExistingKeys<'_>,
 ) -> RedisResult<Vec<Outcome>> {
     let mut outcomes = vec![Outcome::Applied; planned.len()];
     let mut batch = Segment::default();
@@ -364,7 +371,7 @@ fn scan_and_delete(
     conn: &mut Connection,
     pattern: &str,
     m: &TableMapping,
-    doomed: &mut dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<bool>,
+    doomed: &mut DoomedKeys<'_>,
 ) -> RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {

@@ -116,9 +116,9 @@ pub fn claim(dboid: pg_sys::Oid) -> bool {
         .iter()
         .position(|s| s.dboid == db)
         .or_else(|| reg.slots.iter().position(|s| s.dboid == 0 || !process_alive(s.pid)));
-    match idx {
-        Some(i) => {
-            reg.slots[i] = Slot { dboid: db, pid: me, state: WorkerState::Starting as u8, ..Slot::default() };
+    match idx.and_then(|i| reg.slots.get_mut(i)) {
+        Some(slot) => {
+            *slot = Slot { dboid: db, pid: me, state: WorkerState::Starting as u8, ..Slot::default() };
             true
         }
         None => false,
@@ -146,12 +146,12 @@ pub fn set_state(dboid: pg_sys::Oid, state: WorkerState, error: Option<&str>) {
     if let Some(s) = reg.slots.iter_mut().find(|s| s.dboid == db) {
         s.state = state as u8;
         if let Some(e) = error {
-            let mut n = e.len().min(ERROR_LEN);
-            while !e.is_char_boundary(n) {
-                n -= 1;
+            // The longest prefix that fits and ends on a character boundary.
+            let n = (0..=e.len().min(ERROR_LEN)).rev().find(|n| e.is_char_boundary(*n)).unwrap_or(0);
+            if let (Some(to), Some(from)) = (s.error.get_mut(..n), e.as_bytes().get(..n)) {
+                to.copy_from_slice(from);
+                s.error_len = n as u16;
             }
-            s.error[..n].copy_from_slice(&e.as_bytes()[..n]);
-            s.error_len = n as u16;
         }
     }
 }
@@ -164,7 +164,11 @@ pub fn info(dboid: pg_sys::Oid) -> Option<(i32, WorkerState, String)> {
     let db = dboid.to_u32();
     let reg = REGISTRY.share();
     reg.slots.iter().find(|s| s.dboid == db && process_alive(s.pid)).map(|s| {
-        (s.pid, WorkerState::from_u8(s.state), String::from_utf8_lossy(&s.error[..s.error_len as usize]).into_owned())
+        (
+            s.pid,
+            WorkerState::from_u8(s.state),
+            String::from_utf8_lossy(s.error.get(..s.error_len as usize).unwrap_or_default()).into_owned(),
+        )
     })
 }
 

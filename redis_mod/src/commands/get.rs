@@ -20,6 +20,7 @@ use std::time::Instant;
 pub extern "C" fn command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
     let fast = std::panic::catch_unwind(|| {
         if argc == 2 {
+            // SAFETY: Redis passes argc valid strings in argv, and argc is 2.
             unsafe { serve_string_hit(ctx, *argv.add(1)) }
         } else {
             Fast::NotTried
@@ -66,7 +67,7 @@ unsafe fn serve_string_hit(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisMo
         ) else {
             return Fast::NotTried;
         };
-        let k = open(ctx, key, raw::REDISMODULE_READ as c_int) as *mut raw::RedisModuleKey;
+        let k = open(ctx, key, raw::REDISMODULE_READ as c_int);
         if k.is_null() {
             return Fast::Absent;
         }
@@ -94,11 +95,10 @@ unsafe fn serve_string_hit(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisMo
 /// PG.GET beyond the string-hit fast path: hash hits, misses, errors. `absent` says the fast
 /// path already found no key (no second lookup).
 pub fn run(ctx: &Context, args: Vec<RedisString>, absent: bool) -> RedisResult {
-    if args.len() != 2 {
+    let [_, key] = args.as_slice() else {
         return Err(RedisError::WrongArity);
-    }
+    };
     check_db(ctx)?;
-    let key = &args[1];
     let set = match mappings::current() {
         Ok(set) => set,
         // Without mappings (PostgreSQL unreachable since start), what is cached is still served.

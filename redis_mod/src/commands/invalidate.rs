@@ -7,14 +7,17 @@ use redis_module::{
 };
 
 pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    if args.len() < 2 {
+    let [_, named @ ..] = args.as_slice() else {
+        return Err(RedisError::WrongArity);
+    };
+    if named.is_empty() {
         return Err(RedisError::WrongArity);
     }
     super::check_db(ctx)?;
-    for k in &args[1..] {
+    for k in named {
         cache::revoke_unconditionally(k.as_slice());
     }
-    let keys: Vec<&[u8]> = args[1..].iter().map(|k| k.as_slice()).collect();
+    let keys: Vec<&[u8]> = named.iter().map(|k| k.as_slice()).collect();
     let opts = CallOptionsBuilder::new().replicate().errors_as_replies().build();
     let r: CallResult = ctx.call_ext("DEL", &opts, keys.as_slice());
     match r {

@@ -22,7 +22,10 @@ struct Wanted {
 }
 
 pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    if args.len() < 2 {
+    let [_, keys @ ..] = args.as_slice() else {
+        return Err(RedisError::WrongArity);
+    };
+    if keys.is_empty() {
         return Err(RedisError::WrongArity);
     }
     check_db(ctx)?;
@@ -30,8 +33,8 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Ok(set) => set,
         // Without mappings, answer from the cache if every key is there.
         Err(e) => {
-            let mut answer = Vec::with_capacity(args.len() - 1);
-            for key in &args[1..] {
+            let mut answer = Vec::with_capacity(keys.len());
+            for key in keys {
                 match cached(ctx, key)? {
                     Some(c) => answer.push(c.reply()),
                     None => return Err(to_redis(&e)),
@@ -41,10 +44,10 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
     };
     let read_through = config::READ_THROUGH.load(std::sync::atomic::Ordering::Relaxed);
-    let mut answer: Vec<Option<Cached>> = Vec::with_capacity(args.len() - 1);
+    let mut answer: Vec<Option<Cached>> = Vec::with_capacity(keys.len());
     let mut misses: HashMap<i64, (Arc<TableMapping>, Vec<Wanted>)> = HashMap::new();
     let mut parsed = Vec::new();
-    for (pos, key) in args[1..].iter().enumerate() {
+    for (pos, key) in keys.iter().enumerate() {
         let text = key_text(key.as_slice())?;
         let (mapping, values) = set.resolve(text).map_err(|e| to_redis(&e))?;
         check_key_values(mapping, text, &values).map_err(|e| to_redis(&e))?;
@@ -97,7 +100,9 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 reply: Box::new(move |_| {
                     let mut reply: Vec<RedisValue> = answer.iter().map(reply_of).collect();
                     for (pos, f) in &fills {
-                        reply[*pos] = encoded_reply(f.value.as_ref());
+                        if let Some(slot) = reply.get_mut(*pos) {
+                            *slot = encoded_reply(f.value.as_ref());
+                        }
                     }
                     Ok(RedisValue::Array(reply))
                 }),
@@ -129,14 +134,14 @@ fn read_all(
     for (mapping, wanted) in misses.values() {
         let ncols = mapping.key.columns().count();
         let columns: Vec<Vec<&str>> =
-            (0..ncols).map(|c| wanted.iter().map(|w| w.values[c].as_str()).collect()).collect();
+            (0..ncols).map(|c| wanted.iter().map(|w| w.values.get(c).map_or("", String::as_str)).collect()).collect();
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn postgres::types::ToSql + Sync)).collect();
         STATS.pg_queries.inc();
         let rows = session.query(&pg_redis_shared::sql::rows_by_keys(mapping), &params).map_err(|e| {
             STATS.pg_errors.inc();
             super::renamed_table(&e);
-            blame_key(e, mapping, &String::from_utf8_lossy(&wanted[0].key))
+            blame_key(e, mapping, &String::from_utf8_lossy(wanted.first().map_or(&[][..], |w| &w.key)))
         })?;
         for r in rows {
             let ord: i64 = r.get(0);

