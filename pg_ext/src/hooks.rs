@@ -16,13 +16,15 @@ use std::ffi::CStr;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
+/// The hook that was installed before ours (called in its place), set once.
+static PREVIOUS: std::sync::OnceLock<pg_sys::ProcessUtility_hook_type> = std::sync::OnceLock::new();
 
 pub fn install() {
-    // SAFETY: hooks are chained once, in _PG_init of the postmaster.
+    // SAFETY: hooks are chained once, in _PG_init of the postmaster, before any statement runs.
     unsafe {
-        PREVIOUS = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
+        if PREVIOUS.set(pg_sys::ProcessUtility_hook).is_ok() {
+            pg_sys::ProcessUtility_hook = Some(process_utility);
+        }
     }
 }
 
@@ -45,7 +47,7 @@ unsafe extern "C-unwind" fn process_utility(
     let run = AssertUnwindSafe(|| {
         // SAFETY: passing our arguments on unchanged.
         unsafe {
-            match PREVIOUS {
+            match PREVIOUS.get().copied().flatten() {
                 Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
                 None => pg_sys::standard_ProcessUtility(pstmt, query, read_only_tree, context, params, env, dest, qc),
             }

@@ -9,6 +9,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::indexing_slicing)]
 
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod api;
 mod capture;
@@ -26,16 +27,16 @@ mod worker;
 
 /// Whether the library was loaded through `shared_preload_libraries` (the background worker
 /// and shared memory exist only then).
-static mut PRELOADED: bool = false;
+static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
-    // SAFETY: read once at load; written only here, before any other code of ours runs.
-    unsafe {
-        PRELOADED = pg_sys::process_shared_preload_libraries_in_progress;
-        pg_sys::MarkGUCPrefixReserved(c"pg_redis".as_ptr());
-    }
+    // SAFETY: PostgreSQL's own flag, read on its main thread while it loads us.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    PRELOADED.store(preloading, Ordering::Relaxed);
+    // SAFETY: reserving our GUC prefix, during load, with a static C string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_redis".as_ptr()) };
     if preloaded() {
         worker::registry::init_shmem();
         worker::register_launcher();
@@ -44,8 +45,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 pub fn preloaded() -> bool {
-    // SAFETY: set once in _PG_init, read-only afterwards.
-    unsafe { PRELOADED }
+    PRELOADED.load(Ordering::Relaxed)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
