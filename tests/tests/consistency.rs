@@ -204,3 +204,66 @@ fn backfill_of_very_large_rows_succeeds() {
     assert_eq!(n, 500);
     assert!(bytes > 500 * 10_000_000, "{bytes}");
 }
+
+/// Redis refuses commands for a moment and then takes them again, in the middle of a pipeline:
+/// after a restart it answers LOADING until its data is loaded, and then runs what follows.
+/// No change of a table may reach its stream before an older one: the first appearance of
+/// each version of a key rises.
+#[test]
+fn changes_refused_for_a_moment_never_reach_the_stream_after_newer_ones() {
+    let mut env = Env::with(Options {
+        pg_settings: vec![
+            ("pg_redis.batch_size".into(), "10000".into()),
+            ("pg_redis.retry_min_ms".into(), "1".into()),
+            ("pg_redis.retry_max_ms".into(), "5".into()),
+        ],
+        ..Options::named("cons_loading")
+    });
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 20) g;
+         SELECT redis.sync_table('t');",
+    );
+    env.wait_synced();
+    let stream: String = env.pg.query_one("SELECT stream_key FROM redis.tables", &[]).unwrap().get(0);
+    // Enough data that loading it after a restart takes a while.
+    let _: () = redis::cmd("EVAL")
+        .arg("for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'ballast:' .. i, i) end")
+        .arg(0)
+        .arg(1_500_000)
+        .query(&mut env.redis)
+        .unwrap();
+    for _ in 0..8 {
+        // While Redis is down, 10 000 changes queue up, each key's versions rising; the worker
+        // sends them as soon as Redis accepts connections again, while it still loads.
+        env.servers.redis.kill();
+        env.sql("DO $$ BEGIN FOR i IN 1..10000 LOOP UPDATE t SET v = v + 1 WHERE id = i % 20 + 1; END LOOP; END $$");
+        env.servers.redis.start_again().unwrap();
+        env.redis = env.servers.redis.client().unwrap();
+        env.wait_synced();
+    }
+    env.assert_consistent("t");
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query(&mut env.redis).unwrap();
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut violations = Vec::new();
+    for (_, fields) in &entries {
+        let field = |name: &str| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        let Ok(ev) = serde_json::from_str::<pg_redis_shared::ChangeEvent>(&field("value")) else { continue };
+        let Some(v) = ev.after.as_ref().and_then(|r| r.get("v")).and_then(|v| v.as_i64()) else { continue };
+        let key = field("key");
+        if seen.insert((key.clone(), v)) {
+            if let Some(prev) = last.insert(key.clone(), v).filter(|p| *p > v) {
+                violations.push(format!("{key}: version {v} first appeared after {prev}"));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "{} of {} stream entries came before older changes of their key, e.g. {:?}",
+        violations.len(),
+        entries.len(),
+        &violations[..violations.len().min(5)]
+    );
+}

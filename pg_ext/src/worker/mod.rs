@@ -502,7 +502,7 @@ impl Worker {
                 return Err(format!("mapping {} of this event no longer exists", e.mapping_id.unwrap_or_default()))
             }
         };
-        Ok(Planned { steps, mapping, queued: e.kind == Kind::Command })
+        Ok(Planned { steps, mapping, scope: self.scope_of(e) })
     }
 
     /// Deletes what Redis applied, parks what can never apply, keeps a refusing table's events
@@ -542,9 +542,10 @@ impl Worker {
                     dead.push((e.id, why));
                 }
                 _ if stuck => {}
-                // Discarded with its MULTI/EXEC: it runs again, and the commands after it wait.
+                // Discarded with its scope's MULTI/EXEC: it runs again, and what follows it waits.
                 Outcome::NotRun(why) => {
-                    errors.entry(scope).or_insert_with(|| format!("Redis did not run the queued command: {why}"));
+                    let what = if commands { "the queued command" } else { "the change" };
+                    errors.entry(scope).or_insert_with(|| format!("Redis did not run {what}: {why}"));
                     stuck_now.insert(scope);
                 }
                 Outcome::Refused(err) => {

@@ -1,14 +1,17 @@
 //! Sends planned events to Redis: the commands of a batch go out as one pipeline (segments
-//! split only where a step must scan the keyspace), and every event learns whether Redis
-//! accepted all of its commands. A failed connection fails the whole batch: nothing of it is
-//! acknowledged, so it is retried as a whole (applying an event twice is harmless).
+//! split only where a step must scan the keyspace), each table's share of a segment as one
+//! MULTI/EXEC, and every event learns whether Redis accepted all of its commands. A failed
+//! connection fails the whole batch: nothing of it is acknowledged, so it is retried as a whole
+//! (applying an event twice is harmless).
 //!
 //! This is the Redis sink; other sinks would consume the change streams it writes.
 
+use super::outbox::Scope;
 use crate::redis_client::{self, Target};
 use pg_redis_shared::apply::{Command, Step};
 use pg_redis_shared::{Error, TableMapping};
 use redis::{Connection, Pipeline, RedisResult, Value};
+use std::collections::HashSet;
 use std::sync::{mpsc, Arc};
 
 /// Given a mapping and the key values of keys found in Redis (one value list per key): the
@@ -22,8 +25,9 @@ type DoomedKeys<'a> = dyn FnMut(&TableMapping, &[Vec<String>]) -> Vec<bool> + 'a
 pub struct Planned {
     pub steps: Vec<Step>,
     pub mapping: Option<Arc<TableMapping>>,
-    /// A command queued by `redis.on_commit` (runs of them go out as one MULTI/EXEC).
-    pub queued: bool,
+    /// Whose change this is: a table's, or a command queued by `redis.on_commit`. Redis applies
+    /// a scope's share of a pipeline whole or not at all.
+    pub scope: Scope,
 }
 
 impl Planned {
@@ -200,36 +204,45 @@ pub enum Outcome {
     Applied,
     /// Redis answered one of the event's commands with an error.
     Refused(String),
-    /// Not executed: another queued command of its MULTI/EXEC was refused, which discarded
-    /// them all (it stays queued and runs again, in order).
+    /// Not executed: another command of its scope's MULTI/EXEC was refused, which discarded
+    /// them all, or an earlier change of its scope was not applied (it stays queued and runs
+    /// again, in order).
     NotRun(String),
 }
 
 /// Keys per SCAN round and per UNLINK.
 const SCAN_COUNT: usize = 1000;
 
-/// Applies every event in order. `existing` tells, for a mapping and keys (their column
-/// values), which positions still have a row (the resync sweep).
+/// Applies every event, each scope's in order. `existing` tells, for a mapping and keys (their
+/// column values), which positions still have a row (the resync sweep). Once a change of a
+/// scope was not applied, none of its later ones in this call is sent.
 pub fn apply(
     conn: &mut Connection,
     planned: &[&Planned],
     existing: &mut ExistingKeys<'_>,
 ) -> RedisResult<Vec<Outcome>> {
     let mut outcomes = vec![Outcome::Applied; planned.len()];
+    let mut failed: HashSet<Scope> = HashSet::new();
     let mut batch = Segment::default();
     for (i, p) in planned.iter().enumerate() {
         for step in &p.steps {
+            if failed.contains(&p.scope) {
+                if let Some(o) = outcomes.get_mut(i) {
+                    *o = Outcome::NotRun("an earlier change of the same scope was not applied".into());
+                }
+                break;
+            }
             match step {
-                Step::Commands(cmds) => batch.add(i, cmds, p.queued),
+                Step::Commands(cmds) => batch.add(i, p.scope, cmds),
                 Step::DeleteAllKeys { scan_pattern } => {
-                    batch.flush(conn, &mut outcomes)?;
-                    if let Some(m) = &p.mapping {
+                    batch.flush(conn, &mut outcomes, &mut failed)?;
+                    if let (Some(m), false) = (&p.mapping, failed.contains(&p.scope)) {
                         scan_and_delete(conn, scan_pattern, m, &mut |_, keys| keys.iter().map(|_| true).collect())?;
                     }
                 }
                 Step::SweepKeys { scan_pattern } => {
-                    batch.flush(conn, &mut outcomes)?;
-                    if let Some(m) = &p.mapping {
+                    batch.flush(conn, &mut outcomes, &mut failed)?;
+                    if let (Some(m), false) = (&p.mapping, failed.contains(&p.scope)) {
                         scan_and_delete(conn, scan_pattern, m, &mut |m, keys| {
                             let alive = existing(m, keys);
                             let mut gone = vec![true; keys.len()];
@@ -245,86 +258,87 @@ pub fn apply(
             }
         }
     }
-    batch.flush(conn, &mut outcomes)?;
+    batch.flush(conn, &mut outcomes, &mut failed)?;
     Ok(outcomes)
 }
 
-/// Commands pipelined together, with the span of each event. Each run of consecutive queued
-/// commands is wrapped in MULTI/EXEC: if Redis refuses one of them when it is queued (out of
-/// memory, a replica, loading), EXEC discards the whole run, so no later queued command is
-/// applied while an earlier one waits to be retried (they keep commit order).
+/// Commands to pipeline together, by scope. Each scope's share goes out as one MULTI/EXEC, in
+/// the order of the scope's first event: should Redis refuse any of them when it is queued
+/// (loading after a restart, out of memory, a script running, a replica), EXEC discards the
+/// whole share, so no change of a table reaches Redis (its keys or its stream) while an
+/// earlier one waits to be retried. Without it, a pipeline that met Redis while it finished
+/// loading had its first commands refused and its later ones applied: the stream then showed
+/// a newer change before an older one. Events before a queued command keep running before it
+/// (a scope's share starts no later than its first event).
 #[derive(Default)]
-struct Segment {
-    pipe: Pipeline,
-    count: usize,
-    spans: Vec<Span>,
-    /// Index of the MULTI of the run being added, if any.
-    open_run: Option<usize>,
-    /// (MULTI index, EXEC index) of every closed run.
-    runs: Vec<(usize, usize)>,
+struct Segment<'a> {
+    shares: Vec<(Scope, Vec<EventCommands<'a>>)>,
 }
+
+/// An event (its index in the batch) and the commands of one of its steps.
+type EventCommands<'a> = (usize, &'a [Command]);
 
 struct Span {
     event: usize,
+    scope: Scope,
     start: usize,
     end: usize,
-    /// The MULTI index of the run this event belongs to.
-    run: Option<usize>,
+    /// The MULTI index of the share this event belongs to.
+    multi: usize,
 }
 
-impl Segment {
-    fn push(&mut self, name: &str, args: &[String]) {
-        let mut cmd = redis::cmd(name);
-        for a in args {
-            cmd.arg(a.as_str());
-        }
-        self.pipe.add_command(cmd);
-        self.count += 1;
-    }
-
-    fn add(&mut self, event: usize, cmds: &[Command], queued: bool) {
-        if queued && self.open_run.is_none() {
-            self.open_run = Some(self.count);
-            self.push("MULTI", &[]);
-        } else if !queued {
-            self.close_run();
-        }
-        let start = self.count;
-        for c in cmds {
-            if let Some((name, args)) = c.split_first() {
-                self.push(name, args);
-            }
-        }
-        self.spans.push(Span { event, start, end: self.count, run: self.open_run });
-    }
-
-    fn close_run(&mut self) {
-        if let Some(multi) = self.open_run.take() {
-            self.runs.push((multi, self.count));
-            self.push("EXEC", &[]);
+impl<'a> Segment<'a> {
+    fn add(&mut self, event: usize, scope: Scope, cmds: &'a [Command]) {
+        match self.shares.iter_mut().find(|(s, _)| *s == scope) {
+            Some((_, events)) => events.push((event, cmds)),
+            None => self.shares.push((scope, vec![(event, cmds)])),
         }
     }
 
-    fn flush(&mut self, conn: &mut Connection, outcomes: &mut [Outcome]) -> RedisResult<()> {
-        self.close_run();
-        if self.count == 0 {
+    fn flush(
+        &mut self,
+        conn: &mut Connection,
+        outcomes: &mut [Outcome],
+        failed: &mut HashSet<Scope>,
+    ) -> RedisResult<()> {
+        let shares = std::mem::take(&mut self.shares);
+        if shares.is_empty() {
             return Ok(());
         }
-        let seg = std::mem::take(self);
-        let mut pipe = seg.pipe;
+        let mut pipe = Pipeline::new();
+        let mut count = 0usize;
+        let mut spans = Vec::new();
+        let mut runs = Vec::new();
+        for (scope, events) in shares {
+            let multi = push(&mut pipe, &mut count, "MULTI", &[]);
+            for (event, cmds) in events {
+                let start = count;
+                for c in cmds {
+                    if let Some((name, args)) = c.split_first() {
+                        push(&mut pipe, &mut count, name, args);
+                    }
+                }
+                spans.push(Span { event, scope, start, end: count, multi });
+            }
+            let exec = push(&mut pipe, &mut count, "EXEC", &[]);
+            runs.push((multi, exec));
+        }
         let values: Vec<Value> = pipe.ignore_errors().query(conn)?;
         // An EXEC refused before it ran (out of memory) leaves the connection inside MULTI:
         // leave it, or the next batch would only be queued.
-        if seg.runs.iter().any(|r| matches!(values.get(r.1), Some(Value::ServerError(_)))) {
+        if runs.iter().any(|r| matches!(values.get(r.1), Some(Value::ServerError(_)))) {
             let _: RedisResult<Value> = redis::cmd("DISCARD").query(conn);
         }
-        for span in seg.spans {
+        for span in spans {
+            // An error in place of QUEUED: Redis refused this very command.
             let own = values.get(span.start..span.end).and_then(|vals| vals.iter().find_map(first_error));
-            let outcome = match (span.run, own) {
-                (_, Some(e)) => Outcome::Refused(e),
-                (None, None) => Outcome::Applied,
-                (Some(multi), None) => run_outcome(&values, &seg.runs, multi, span.start, span.end),
+            let outcome = match own {
+                Some(e) => Outcome::Refused(e),
+                None => run_outcome(&values, &runs, span.multi, span.start, span.end),
             };
+            if outcome != Outcome::Applied {
+                failed.insert(span.scope);
+            }
             if let Some(o) = outcomes.get_mut(span.event) {
                 if *o == Outcome::Applied {
                     *o = outcome;
@@ -335,12 +349,28 @@ impl Segment {
     }
 }
 
+/// Adds a command to the pipeline; its index in the replies.
+fn push(pipe: &mut Pipeline, count: &mut usize, name: &str, args: &[String]) -> usize {
+    let mut cmd = redis::cmd(name);
+    for a in args {
+        cmd.arg(a.as_str());
+    }
+    pipe.add_command(cmd);
+    *count += 1;
+    *count - 1
+}
+
 /// The outcome of commands `start..end` queued (without error) in the run opened at `multi`:
 /// their replies are in EXEC's array, or EXEC discarded them all.
 fn run_outcome(values: &[Value], runs: &[(usize, usize)], multi: usize, start: usize, end: usize) -> Outcome {
     let Some(exec) = runs.iter().find(|r| r.0 == multi).map(|r| r.1) else {
         return Outcome::NotRun("no EXEC was sent".into());
     };
+    // A refused MULTI (the connection was still inside an earlier, refused EXEC): whatever EXEC
+    // ran, its replies are not this share's alone. Not acknowledged: it runs again.
+    if let Some(e) = values.get(multi).and_then(first_error) {
+        return Outcome::NotRun(format!("MULTI was refused: {e}"));
+    }
     match values.get(exec) {
         Some(Value::Array(replies)) => {
             // Replies of the run's commands in order: the first command sits right after MULTI.
