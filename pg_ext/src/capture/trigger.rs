@@ -113,21 +113,31 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
             })
         })
     });
+    if matches!(op, 't' | 'S') {
+        truncate_queued();
+    }
     wake::after_commit();
     Ok(None)
+}
+
+/// (local transaction, command) of the TRUNCATE statement being captured, and the (mapping,
+/// whole table) events queued for it.
+type TruncateStatement = (u32, u32, Vec<(i64, bool)>);
+
+thread_local! {
+    static TRUNCATES: RefCell<TruncateStatement> = const { RefCell::new((0, 0, Vec::new())) };
+}
+
+fn statement_id() -> (u32, u32) {
+    // SAFETY: reading this backend's command counter.
+    (crate::pg::compat::local_transaction_id(), unsafe { pg_sys::GetCurrentCommandId(false) })
 }
 
 /// Whether this TRUNCATE event of a mapping still needs queueing in the current statement: a
 /// purge of the whole table makes the sweeps of its partitions (same statement) pointless.
 fn first_truncate_of_statement(mapping_id: i64, whole: bool) -> bool {
-    /// (local transaction, command) and the (mapping, whole table) TRUNCATEs queued in it.
-    type Statement = (u32, u32, Vec<(i64, bool)>);
-    thread_local! {
-        static SEEN: RefCell<Statement> = const { RefCell::new((0, 0, Vec::new())) };
-    }
-    // SAFETY: reading this backend's command counter.
-    let (lxid, cid) = (crate::pg::compat::local_transaction_id(), unsafe { pg_sys::GetCurrentCommandId(false) });
-    SEEN.with_borrow_mut(|(l, c, seen)| {
+    let (lxid, cid) = statement_id();
+    TRUNCATES.with_borrow_mut(|(l, c, seen)| {
         if (*l, *c) != (lxid, cid) {
             *l = lxid;
             *c = cid;
@@ -139,6 +149,17 @@ fn first_truncate_of_statement(mapping_id: i64, whole: bool) -> bool {
         seen.push((mapping_id, whole));
         true
     })
+}
+
+/// Our own INSERT into the outbox advanced the command counter: the next trigger of the same
+/// TRUNCATE (a partition's) must still count as the same statement.
+fn truncate_queued() {
+    let (lxid, cid) = statement_id();
+    TRUNCATES.with_borrow_mut(|(l, c, _)| {
+        if *l == lxid {
+            *c = cid;
+        }
+    });
 }
 
 /// `to_jsonb(row)` by a direct function call, as the current user.
