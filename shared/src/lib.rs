@@ -14,6 +14,6 @@ pub mod sql;
 
 pub use encoding::Row;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{ChangeEvent, Op, Source};
+pub use event::{ChangeEvent, Op, OutboxOp, Source};
 pub use key_template::KeyTemplate;
 pub use mapping::{Encoded, Format, MappingSet, TableMapping};

@@ -6,6 +6,7 @@
 use crate::api::privileges::{as_extension_owner, authorize_redis_command};
 use crate::capture::wake;
 use crate::errors::raise_with;
+use pg_redis_shared::OutboxOp;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
@@ -79,8 +80,11 @@ fn on_commit(args: VariadicArray<&str>) {
     // and Redis may be down now (the check needs no Redis).
     authorize_redis_command("redis.on_commit", &command);
     as_extension_owner(|| {
-        Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[command.into()])
-            .unwrap_or_report();
+        Spi::run_with_args(
+            "INSERT INTO redis.outbox (op, command) VALUES ($1::\"char\", $2)",
+            &[OutboxOp::Command.code().to_string().into(), command.into()],
+        )
+        .unwrap_or_report();
     });
     wake::after_commit();
 }

@@ -10,7 +10,7 @@ use crate::capture::wake;
 use crate::errors::{raise, raise_with, OrRaise};
 use pg_redis_shared::apply::mappings_changed_key;
 use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow};
-use pg_redis_shared::{Error, Format, KeyTemplate, TableMapping};
+use pg_redis_shared::{Error, Format, KeyTemplate, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgRelation};
@@ -119,7 +119,7 @@ fn sync_table(
         if let Ok((Some(old_id), Some(ref old_template))) = previous {
             if old_template.as_str() != mapping.key.as_str() {
                 // Keys of the old template would linger: delete them first, in order.
-                queue_row_event(old_id, 't');
+                queue_row_event(old_id, OutboxOp::Row(Op::Truncate));
             }
         }
         install_triggers(&table, id);
@@ -145,7 +145,7 @@ fn unsync_table(tbl: PgRelation, purge: default!(Option<bool>, "false")) {
         drop_triggers(&table);
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[id.into()]).unwrap_or_report();
         if purge.unwrap_or(false) {
-            queue_row_event(id, 't');
+            queue_row_event(id, OutboxOp::Row(Op::Truncate));
         }
         queue_mappings_changed(&current_database(), id);
     });
@@ -162,7 +162,7 @@ fn resync(tbl: PgRelation) -> i64 {
     lock(&table);
     let id = as_extension_owner_pinned(|| active_mapping_id(&table));
     let n = queue_rows(&table, id);
-    as_extension_owner_pinned(|| queue_row_event(id, 'S'));
+    as_extension_owner_pinned(|| queue_row_event(id, OutboxOp::Sweep));
     wake::after_commit();
     n
 }
@@ -562,10 +562,10 @@ fn active_mapping_id(t: &Table) -> i64 {
     }
 }
 
-fn queue_row_event(mapping_id: i64, op: char) {
+fn queue_row_event(mapping_id: i64, op: OutboxOp) {
     Spi::run_with_args(
         "INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")",
-        &[mapping_id.into(), op.to_string().into()],
+        &[mapping_id.into(), op.code().to_string().into()],
     )
     .unwrap_or_report();
 }
@@ -573,7 +573,11 @@ fn queue_row_event(mapping_id: i64, op: char) {
 /// Tells readers of the mappings (the Redis module) to reload them, in order with the changes.
 fn queue_mappings_changed(database: &str, mapping_id: i64) {
     let cmd = vec!["SET".to_string(), mappings_changed_key(database), mapping_id.to_string()];
-    Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[cmd.into()]).unwrap_or_report();
+    Spi::run_with_args(
+        "INSERT INTO redis.outbox (op, command) VALUES ($1::\"char\", $2)",
+        &[OutboxOp::Command.code().to_string().into(), cmd.into()],
+    )
+    .unwrap_or_report();
 }
 
 /// Queues a read event for every row, partition by partition, in chunks bounded by rows and by
@@ -599,7 +603,7 @@ fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
     let estimate: i64 = leaves.iter().map(|l| l.1).sum::<i64>().max(1);
     let mut progress = Progress { table: &t.display, estimate, total: 0, last_notice: std::time::Instant::now() };
     for (leaf, _) in &leaves {
-        queue_leaf(leaf, mapping_id, 'r', &mut |n| progress.add(n));
+        queue_leaf(leaf, mapping_id, Op::Read, &mut |n| progress.add(n));
     }
     notice!("pg_redis: backfill of {}: {} rows queued for Redis", t.display, progress.total);
     progress.total
@@ -628,9 +632,9 @@ impl Progress<'_> {
 const BACKFILL_FETCH: i64 = 1000;
 const BACKFILL_CHUNK_ROWS: usize = 50_000;
 
-/// Queues `op` for every row of one leaf table: 'r' (a read, the row as `new_row`) or 'd' (the
+/// Queues `op` for every row of one leaf table: a read (the row as `new_row`) or a delete (the
 /// row leaves the synced table, as `old_row`). `on_chunk` hears how many rows each chunk held.
-pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut dyn FnMut(i64)) {
+pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: Op, on_chunk: &mut dyn FnMut(i64)) {
     // Also reached from DDL on synced tables (partitions joining or leaving, renames).
     require_read_committed("reading the rows of a synced table (sync_table, resync, or DDL that moves rows in or out)");
     let budget = crate::gucs::batch_max_bytes();
@@ -699,7 +703,7 @@ pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut d
 fn insert_chunk(
     client: &mut pgrx::spi::SpiClient,
     mapping_id: i64,
-    op: char,
+    op: Op,
     chunk: &[pg_sys::Datum],
     chunk_cx: &PgMemoryContexts,
 ) {
@@ -718,9 +722,11 @@ fn insert_chunk(
         pg_sys::MemoryContextSwitchTo(old);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(a), pg_sys::JSONBARRAYOID)
     };
-    let column = if op == 'd' { "old_row" } else { "new_row" };
+    let column = if op == Op::Delete { "old_row" } else { "new_row" };
     let insert = format!("INSERT INTO redis.outbox (mapping_id, op, {column}) SELECT $1, $3::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x");
     as_extension_owner(|| {
-        client.update(insert.as_str(), None, &[mapping_id.into(), array, op.to_string().into()]).unwrap_or_report();
+        client
+            .update(insert.as_str(), None, &[mapping_id.into(), array, OutboxOp::Row(op).code().to_string().into()])
+            .unwrap_or_report();
     });
 }

@@ -13,6 +13,7 @@ use crate::api::privileges::as_extension_owner;
 use crate::capture::canonical::with_canonical_settings;
 use crate::capture::wake;
 use crate::errors::raise_with;
+use pg_redis_shared::{Op, OutboxOp};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
@@ -57,8 +58,8 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
     let (tupdesc, relid, rowtype) =
         unsafe { ((*td.tg_relation).rd_att, (*td.tg_relation).rd_id, (*(*td.tg_relation).rd_rel).reltype) };
     let (op, old, new) = match event {
-        pg_sys::TRIGGER_EVENT_INSERT => ('c', None, Some(td.tg_trigtuple)),
-        pg_sys::TRIGGER_EVENT_DELETE => ('d', Some(td.tg_trigtuple), None),
+        pg_sys::TRIGGER_EVENT_INSERT => (OutboxOp::Row(Op::Create), None, Some(td.tg_trigtuple)),
+        pg_sys::TRIGGER_EVENT_DELETE => (OutboxOp::Row(Op::Delete), Some(td.tg_trigtuple), None),
         pg_sys::TRIGGER_EVENT_UPDATE => {
             let w = watch(tg.tgoid, mapping_id);
             let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
@@ -67,7 +68,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
                 return Ok(None);
             }
             let keep_old = w.needs_before || unsafe { columns_changed(Some(&w.key_columns), old, new, tupdesc) };
-            ('u', keep_old.then_some(old), Some(new))
+            (OutboxOp::Row(Op::Update), keep_old.then_some(old), Some(new))
         }
         pg_sys::TRIGGER_EVENT_TRUNCATE => {
             // A partition alone: its keys go, the other partitions' stay (a sweep, not a purge).
@@ -78,7 +79,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
             if !first_truncate_of_statement(mapping_id, whole) {
                 return Ok(None);
             }
-            (if whole { 't' } else { 'S' }, None, None)
+            (if whole { OutboxOp::Row(Op::Truncate) } else { OutboxOp::Sweep }, None, None)
         }
         _ => return Ok(None),
     };
@@ -88,7 +89,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
         _ => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
     let (old, new) = with_canonical_settings(|| (jsonb(old), jsonb(new)));
-    let args = [mapping_id.into(), op.to_string().into(), old, new];
+    let args = [mapping_id.into(), op.code().to_string().into(), old, new];
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             INSERT_PLAN.with_borrow_mut(|plan| {

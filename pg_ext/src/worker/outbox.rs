@@ -3,7 +3,7 @@
 //! delivery bookkeeping, load mapping versions. Runs inside the worker's transaction.
 
 use pg_redis_shared::mapping::CatalogRow;
-use pg_redis_shared::{Op, TableMapping};
+use pg_redis_shared::{Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
@@ -34,10 +34,11 @@ pub enum Kind {
 
 impl Kind {
     fn from_code(c: char) -> Kind {
-        match c {
-            'S' => Kind::Sweep,
-            'x' => Kind::Command,
-            c => Op::from_code(c).map(Kind::Row).unwrap_or(Kind::Unknown(c)),
+        match OutboxOp::from_code(c) {
+            Some(OutboxOp::Row(op)) => Kind::Row(op),
+            Some(OutboxOp::Sweep) => Kind::Sweep,
+            Some(OutboxOp::Command) => Kind::Command,
+            None => Kind::Unknown(c),
         }
     }
 }
