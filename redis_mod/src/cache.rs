@@ -15,7 +15,7 @@
 
 use crate::blocking::Blocked;
 use crate::{config, guard, stats::STATS};
-use pg_redis_shared::apply::{REVOKE_KEY, REVOKE_PREFIX_KEY};
+use pg_redis_shared::apply::{MAPPINGS_CHANGED_PREFIX, RESERVED_PREFIX, REVOKE_KEY, REVOKE_PREFIX_KEY};
 use pg_redis_shared::Encoded;
 use redis_module::{CallOptionsBuilder, CallResult, Context};
 use std::collections::HashMap;
@@ -200,7 +200,7 @@ pub fn reset() {
 
 /// Keyspace events: any change of a key revokes; the worker's revoke signals name their keys.
 pub fn on_keyspace_event(ctx: &Context, key: &[u8]) {
-    if key.starts_with(b"pg_redis:") {
+    if key.starts_with(RESERVED_PREFIX.as_bytes()) {
         if key == REVOKE_KEY.as_bytes() || key == REVOKE_PREFIX_KEY.as_bytes() {
             let target = read_string(ctx, key);
             if let Some(t) = target {
@@ -210,7 +210,7 @@ pub fn on_keyspace_event(ctx: &Context, key: &[u8]) {
                     revoke_prefix(&t);
                 }
             }
-        } else if key.starts_with(pg_redis_shared::apply::mappings_changed_key("").as_bytes()) {
+        } else if key.starts_with(MAPPINGS_CHANGED_PREFIX.as_bytes()) {
             crate::mappings::request_reload();
         }
         return;

@@ -169,7 +169,7 @@ impl Session {
     {
         let limit = config::query_timeout() + GRACE;
         let (Some(rt), Some(link)) = (self.runtime.as_ref(), self.link.as_mut()) else {
-            return Err(Error::Unavailable { server: "PostgreSQL", reason: "no connection".into() }.into());
+            return Err(Error::not_connected("PostgreSQL").into());
         };
         let work = step(link.client.clone());
         let outcome = link.drive(rt, limit, work);

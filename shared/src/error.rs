@@ -2,6 +2,7 @@
 //! with a real SQLSTATE, `redis_mod` to an error reply with a clear prefix. Messages name what
 //! was wrong and, where it helps, what to do; they never contain a password.
 
+use std::any::Any;
 use std::fmt;
 
 /// What kind of failure this is, so each boundary can choose its SQLSTATE or reply prefix
@@ -91,9 +92,51 @@ impl Error {
         Error::InvalidTemplate { template: template.to_owned(), reason: reason.to_string() }
     }
 
+    /// No connection to `server` is open (and none was opened for this request).
+    pub fn not_connected(server: &'static str) -> Self {
+        Error::Unavailable { server, reason: "no connection".into() }
+    }
+
     pub fn invalid_value(what: &'static str, value: impl fmt::Display, reason: impl fmt::Display) -> Self {
         Error::InvalidValue { what, value: value.to_string(), reason: reason.to_string() }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of a caught panic (`catch_unwind`'s payload): both halves report panics of their
+/// threads and callbacks as errors instead of dying.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::catch_unwind;
+
+    fn caught(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let p = catch_unwind(f).unwrap_err();
+        std::panic::set_hook(hook);
+        panic_message(&*p)
+    }
+
+    #[test]
+    fn panic_messages() {
+        assert_eq!(caught(|| panic!("boom")), "boom");
+        assert_eq!(caught(|| panic!("boom {}", 7)), "boom 7");
+        assert_eq!(caught(|| std::panic::panic_any(7u8)), "unknown panic");
+    }
+
+    #[test]
+    fn not_connected_reads_as_before() {
+        assert_eq!(Error::not_connected("Redis").to_string(), "Redis is unavailable: no connection");
+        assert_eq!(Error::not_connected("PostgreSQL").kind(), ErrorKind::Unavailable);
+    }
+}

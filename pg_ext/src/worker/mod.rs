@@ -334,7 +334,7 @@ impl Worker {
                 c.fence()?;
                 Ok(&mut c.conn)
             }
-            None => Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "no connection".into() }),
+            None => Err(pg_redis_shared::Error::not_connected("Redis")),
         }
     }
 
