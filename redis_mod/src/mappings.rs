@@ -6,6 +6,7 @@
 
 use crate::guard;
 use crate::pool::Session;
+use pg_redis_shared::backoff::Backoff;
 use pg_redis_shared::mapping::{CatalogRow, ACTIVE_MAPPINGS_SQL};
 use pg_redis_shared::{Error, MappingSet, TableMapping};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +28,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 
 const REFRESH: Duration = Duration::from_secs(60);
-const RETRY_MIN: Duration = Duration::from_millis(200);
+/// Wait after the first failed load, doubling up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(400);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The mappings in force, or why there are none yet.
@@ -133,15 +135,16 @@ pub fn stop() {
 
 fn run() {
     let mut session = Session::default();
-    let mut retry = RETRY_MIN;
+    let mut backoff = Backoff::new();
+    let mut retry = Duration::ZERO;
     let mut next_refresh = Instant::now() + REFRESH;
-    let mut failing = false;
     while !STOP.load(Ordering::Acquire) {
         let due = {
             let mut requested = WAKE.requested.lock().unwrap_or_else(|e| e.into_inner());
             if STOP.load(Ordering::Acquire) {
                 break;
             }
+            let failing = backoff.failures() > 0;
             let wait = if failing { retry } else { next_refresh.saturating_duration_since(Instant::now()) };
             if !*requested && !wait.is_zero() {
                 requested = WAKE.cv.wait_timeout(requested, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
@@ -157,20 +160,19 @@ fn run() {
         guard::callback("loading mappings", || outcome = load_with(&mut session));
         match outcome {
             Ok(n) => {
-                if failing {
+                if backoff.failures() > 0 {
                     guard::log_notice(&format!("loaded {n} table mappings from PostgreSQL"));
                 }
-                failing = false;
-                retry = RETRY_MIN;
+                backoff.succeed();
                 next_refresh = Instant::now() + REFRESH;
             }
             Err(e) => {
-                if !failing {
+                if backoff.failures() == 0 {
                     guard::log_warning(&format!("cannot load table mappings yet, retrying: {e}"));
                 }
                 *LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
-                failing = true;
-                retry = (retry * 2).min(RETRY_MAX);
+                // The loop sleeps this long (or until a reload is asked for), then tries again.
+                retry = backoff.fail(Instant::now(), RETRY_FIRST, RETRY_MAX);
             }
         }
     }

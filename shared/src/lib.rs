@@ -3,6 +3,7 @@
 //! whichever side writes it. Plain Rust: no FFI, no server APIs.
 
 pub mod apply;
+pub mod backoff;
 pub mod command_policy;
 pub mod encoding;
 pub mod error;
