@@ -9,6 +9,7 @@ pub mod encoding;
 pub mod error;
 pub mod event;
 pub mod key_template;
+pub mod key_type;
 pub mod mapping;
 pub mod redact;
 pub mod sql;

@@ -9,6 +9,7 @@ use crate::capture::canonical::with_canonical_settings;
 use crate::capture::wake;
 use crate::errors::{raise, raise_with, OrRaise};
 use pg_redis_shared::apply::mappings_changed_key;
+use pg_redis_shared::key_type::KeyType;
 use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow};
 use pg_redis_shared::{Error, Format, KeyTemplate, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -285,7 +286,7 @@ fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
     with_catalog_search_path(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT a.attname::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull \
+                "SELECT a.attname::text, quote_ident(n.nspname), quote_ident(t.typname), a.attnotnull \
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 None,
@@ -294,8 +295,12 @@ fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
             .unwrap_or_report()
             .map(|r| Column {
                 name: r.get(1).ok().flatten().unwrap_or_default(),
-                sql_type: r.get(2).ok().flatten().unwrap_or_default(),
-                not_null: r.get(3).ok().flatten().unwrap_or(false),
+                sql_type: KeyType::new(
+                    &r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    &r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                )
+                .to_string(),
+                not_null: r.get(4).ok().flatten().unwrap_or(false),
             })
             .collect()
         })
