@@ -8,9 +8,10 @@ use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, requ
 use crate::capture::canonical::with_canonical_settings;
 use crate::capture::wake;
 use crate::errors::{raise, raise_with, OrRaise};
+use crate::worker::outbox::SpiCatalogRow;
 use pg_redis_shared::apply::mappings_changed_key;
 use pg_redis_shared::key_type::KeyType;
-use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow};
+use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow, CATALOG_COLUMNS};
 use pg_redis_shared::{Error, Format, KeyTemplate, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
@@ -335,26 +336,12 @@ fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
 fn check_against_other_mappings(new: &TableMapping, oid: pg_sys::Oid) {
     let mut all: Vec<TableMapping> = Spi::connect(|c| {
         c.select(
-            "SELECT mapping_id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel FROM redis.tables WHERE table_name::oid <> $1",
+            &format!("SELECT {CATALOG_COLUMNS} FROM redis.tables WHERE table_name::oid <> $1"),
             None,
             &[oid.into()],
         )
         .unwrap_or_report()
-        .filter_map(|r| {
-            TableMapping::try_from(CatalogRow {
-                id: r.get(1).ok().flatten()?,
-                schema_name: r.get(2).ok().flatten()?,
-                rel_name: r.get(3).ok().flatten()?,
-                key_template: r.get(4).ok().flatten()?,
-                key_types: r.get(5).ok().flatten()?,
-                format: r.get(6).ok().flatten()?,
-                ttl: r.get(7).ok().flatten(),
-                columns: r.get(8).ok().flatten(),
-                stream_key: r.get(9).ok().flatten(),
-                channel: r.get(10).ok().flatten(),
-            })
-            .ok()
-        })
+        .filter_map(|r| TableMapping::try_from(CatalogRow::decode(&SpiCatalogRow(&r)).ok().flatten()?).ok())
         .collect()
     });
     all.push(new.clone());
