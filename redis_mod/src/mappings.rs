@@ -88,7 +88,7 @@ impl CatalogColumns for PgCatalogRow<'_> {
 pub fn load_with(session: &mut Session) -> Result<usize, Error> {
     let seq = LOAD_SEQ.fetch_add(1, Ordering::AcqRel) + 1;
     let rows = session.query(ACTIVE_MAPPINGS_SQL, &[]).map_err(|e| match e {
-        Error::Remote { message, .. } if message.contains("(42P01)") => Error::Unavailable {
+        e if e.is_undefined_table() => Error::Unavailable {
             server: "PostgreSQL",
             reason: "the pg_redis extension is not installed in the database redis_pg.pg_url names (CREATE EXTENSION pg_redis)".into(),
         },

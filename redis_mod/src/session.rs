@@ -438,7 +438,7 @@ pub fn map_pg_error(e: &tokio_postgres::Error) -> Error {
                 server: "PostgreSQL",
                 reason: format!("{}: {} ({code})", where_pg(), db.message()),
             },
-            code => Error::Remote { server: "PostgreSQL", message: format!("{} ({code})", db.message()) },
+            code => Error::Sql { sqlstate: code.to_owned(), message: db.message().to_owned() },
         };
     }
     Error::Unavailable { server: "PostgreSQL", reason: format!("{}: {}", where_pg(), describe(e)) }

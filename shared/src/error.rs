@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Corrupt,
 }
 
+/// SQLSTATE of "relation does not exist".
+pub const UNDEFINED_TABLE: &str = "42P01";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("invalid key template \"{template}\": {reason}")]
@@ -62,6 +65,10 @@ pub enum Error {
     #[error("{server} replied with an error: {message}")]
     Remote { server: &'static str, message: String },
 
+    /// PostgreSQL answered a statement with an error: callers test `sqlstate`, not the text.
+    #[error("PostgreSQL replied with an error: {message} ({sqlstate})")]
+    Sql { sqlstate: String, message: String },
+
     #[error("timed out after {ms} ms: {what}")]
     Timeout { what: String, ms: u64 },
 
@@ -82,7 +89,7 @@ impl Error {
             Error::UnmappedKey { .. } => ErrorKind::Unmapped,
             Error::MalformedRow { .. } => ErrorKind::Corrupt,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
-            Error::Remote { .. } => ErrorKind::Remote,
+            Error::Remote { .. } | Error::Sql { .. } => ErrorKind::Remote,
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Busy { .. } => ErrorKind::Busy,
         }
@@ -90,6 +97,20 @@ impl Error {
 
     pub fn invalid_template(template: &str, reason: impl fmt::Display) -> Self {
         Error::InvalidTemplate { template: template.to_owned(), reason: reason.to_string() }
+    }
+
+    /// The SQLSTATE of an error PostgreSQL answered with.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Sql { sqlstate, .. } => Some(sqlstate),
+            _ => None,
+        }
+    }
+
+    /// A relation the statement names does not exist (dropped, renamed, or the extension is
+    /// not installed).
+    pub fn is_undefined_table(&self) -> bool {
+        self.sqlstate() == Some(UNDEFINED_TABLE)
     }
 
     /// No connection to `server` is open (and none was opened for this request).
@@ -132,6 +153,18 @@ mod tests {
         assert_eq!(caught(|| panic!("boom")), "boom");
         assert_eq!(caught(|| panic!("boom {}", 7)), "boom 7");
         assert_eq!(caught(|| std::panic::panic_any(7u8)), "unknown panic");
+    }
+
+    #[test]
+    fn sql_errors_carry_their_sqlstate() {
+        let e = Error::Sql { sqlstate: "42P01".into(), message: "relation \"t\" does not exist".into() };
+        assert!(e.is_undefined_table());
+        assert_eq!(e.to_string(), "PostgreSQL replied with an error: relation \"t\" does not exist (42P01)");
+        assert_eq!(e.kind(), ErrorKind::Remote);
+        // The code decides, not the text.
+        let other = Error::Sql { sqlstate: "42501".into(), message: "mentions (42P01)".into() };
+        assert!(!other.is_undefined_table());
+        assert!(!Error::Remote { server: "PostgreSQL", message: "x (42P01)".into() }.is_undefined_table());
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn check_key_values(mapping: &TableMapping, key: &str, values: &[String]) ->
 /// A table the mappings name is gone under that name (renamed, or dropped): reload them, so the
 /// next read uses the current name.
 pub fn renamed_table(e: &Error) {
-    if matches!(e, Error::Remote { message, .. } if message.contains("(42P01)")) {
+    if e.is_undefined_table() {
         crate::mappings::request_reload();
     }
 }
