@@ -4,10 +4,8 @@
 //! or savepoint runs nothing. It obeys the SQL command policy like `redis.command`.
 
 use crate::api::privileges::{as_extension_owner, authorize_redis_command};
-use crate::capture::wake;
+use crate::capture::{enqueue, wake};
 use crate::errors::raise_with;
-use pg_redis_shared::OutboxOp;
-use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
 /// Commands that would break the delivery connection (its database, protocol or transaction
@@ -79,12 +77,6 @@ fn on_commit(args: VariadicArray<&str>) {
     // Checked now, not when delivered: the worker runs it with pg_redis's own Redis credentials,
     // and Redis may be down now (the check needs no Redis).
     authorize_redis_command("redis.on_commit", &command);
-    as_extension_owner(|| {
-        Spi::run_with_args(
-            "INSERT INTO redis.outbox (op, command) VALUES ($1::\"char\", $2)",
-            &[OutboxOp::Command.code().to_string().into(), command.into()],
-        )
-        .unwrap_or_report();
-    });
+    as_extension_owner(|| enqueue::command(command));
     wake::after_commit();
 }

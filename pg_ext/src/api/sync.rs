@@ -6,7 +6,7 @@
 
 use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, require_owner, with_catalog_search_path};
 use crate::capture::canonical::with_canonical_settings;
-use crate::capture::wake;
+use crate::capture::{enqueue, wake};
 use crate::errors::{raise, raise_with, OrRaise};
 use crate::worker::outbox::SpiCatalogRow;
 use pg_redis_shared::apply::mappings_changed_key;
@@ -555,21 +555,13 @@ fn active_mapping_id(t: &Table) -> i64 {
 }
 
 fn queue_row_event(mapping_id: i64, op: OutboxOp) {
-    Spi::run_with_args(
-        "INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")",
-        &[mapping_id.into(), op.code().to_string().into()],
-    )
-    .unwrap_or_report();
+    enqueue::table_event(mapping_id, op);
 }
 
 /// Tells readers of the mappings (the Redis module) to reload them, in order with the changes.
 fn queue_mappings_changed(database: &str, mapping_id: i64) {
     let cmd = vec!["SET".to_string(), mappings_changed_key(database), mapping_id.to_string()];
-    Spi::run_with_args(
-        "INSERT INTO redis.outbox (op, command) VALUES ($1::\"char\", $2)",
-        &[OutboxOp::Command.code().to_string().into(), cmd.into()],
-    )
-    .unwrap_or_report();
+    enqueue::command(cmd);
 }
 
 /// Queues a read event for every row, partition by partition, in chunks bounded by rows and by
@@ -714,11 +706,5 @@ fn insert_chunk(
         pg_sys::MemoryContextSwitchTo(old);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(a), pg_sys::JSONBARRAYOID)
     };
-    let column = if op == Op::Delete { "old_row" } else { "new_row" };
-    let insert = format!("INSERT INTO redis.outbox (mapping_id, op, {column}) SELECT $1, $3::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x");
-    as_extension_owner(|| {
-        client
-            .update(insert.as_str(), None, &[mapping_id.into(), array, OutboxOp::Row(op).code().to_string().into()])
-            .unwrap_or_report();
-    });
+    as_extension_owner(|| enqueue::rows(client, mapping_id, op, array));
 }

@@ -11,22 +11,17 @@
 
 use crate::api::privileges::as_extension_owner;
 use crate::capture::canonical::with_canonical_settings;
-use crate::capture::wake;
+use crate::capture::{enqueue, wake};
 use crate::errors::raise_with;
 use pg_redis_shared::{Op, OutboxOp};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-const INSERT_SQL: &str =
-    "INSERT INTO redis.outbox (mapping_id, op, old_row, new_row) VALUES ($1, $2::pg_catalog.\"char\", $3, $4)";
-
 thread_local! {
-    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     /// What the trigger needs of each mapping version, by (trigger oid, mapping id): versions
     /// never change, and a recreated extension has new triggers.
     static MAPPINGS: RefCell<HashMap<(u32, i64), Rc<Watch>>> = RefCell::new(HashMap::new());
@@ -89,30 +84,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
         _ => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
     let (old, new) = with_canonical_settings(|| (jsonb(old), jsonb(new)));
-    let args = [mapping_id.into(), op.code().to_string().into(), old, new];
-    as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            INSERT_PLAN.with_borrow_mut(|plan| {
-                if plan.is_none() {
-                    let p = client
-                        .prepare_mut(
-                            INSERT_SQL,
-                            &[
-                                pg_sys::INT8OID.into(),
-                                pg_sys::TEXTOID.into(),
-                                pg_sys::JSONBOID.into(),
-                                pg_sys::JSONBOID.into(),
-                            ],
-                        )
-                        .unwrap_or_report();
-                    *plan = Some(p.keep());
-                }
-                if let Some(p) = plan.as_ref() {
-                    client.update(p, None, &args).unwrap_or_report();
-                }
-            })
-        })
-    });
+    as_extension_owner(|| enqueue::row_change(mapping_id, op, old, new));
     wake::after_commit();
     Ok(None)
 }

@@ -175,20 +175,20 @@ pub fn record_error(scope: Scope, error: &str) {
 }
 
 /// A row of an SPI result as [`CatalogColumns`] (SPI numbers columns from 1).
-pub struct SpiCatalogRow<'a, 'conn>(pub &'a pgrx::spi::SpiHeapTupleData<'conn>);
+pub struct SpiCatalogRow<'a, 'conn>(pub &'a spi::SpiHeapTupleData<'conn>);
 
 impl CatalogColumns for SpiCatalogRow<'_, '_> {
-    type Error = pgrx::spi::SpiError;
-    fn int8(&self, i: usize) -> pgrx::spi::SpiResult<Option<i64>> {
+    type Error = spi::SpiError;
+    fn int8(&self, i: usize) -> spi::SpiResult<Option<i64>> {
         self.0.get(i + 1)
     }
-    fn int4(&self, i: usize) -> pgrx::spi::SpiResult<Option<i32>> {
+    fn int4(&self, i: usize) -> spi::SpiResult<Option<i32>> {
         self.0.get(i + 1)
     }
-    fn text(&self, i: usize) -> pgrx::spi::SpiResult<Option<String>> {
+    fn text(&self, i: usize) -> spi::SpiResult<Option<String>> {
         self.0.get(i + 1)
     }
-    fn text_array(&self, i: usize) -> pgrx::spi::SpiResult<Option<Vec<String>>> {
+    fn text_array(&self, i: usize) -> spi::SpiResult<Option<Vec<String>>> {
         self.0.get(i + 1)
     }
 }
