@@ -175,6 +175,15 @@ mod tests {
     }
 
     #[test]
+    fn catalog_sql_writes_the_same_letters() {
+        // The catalog's event triggers queue a purge and a command in SQL, by letter.
+        let sql = include_str!("../../sql/pg_redis_objects.sql");
+        let purge = format!("VALUES (m.id, '{}')", OutboxOp::Row(Op::Truncate).code());
+        let command = format!("VALUES ('{}', ARRAY['SET'", OutboxOp::Command.code());
+        assert!(sql.contains(&purge) && sql.matches(&command).count() == 2);
+    }
+
+    #[test]
     fn outbox_op_letters_are_the_stored_ones() {
         // Rows already queued by earlier versions hold these letters: they must not change.
         let letters: String = [
