@@ -16,12 +16,22 @@ pub fn sqlstate(e: &Error) -> PgSqlErrorCode {
         ErrorKind::Timeout => ERRCODE_QUERY_CANCELED,
         ErrorKind::Busy => ERRCODE_INSUFFICIENT_RESOURCES,
         ErrorKind::Corrupt => ERRCODE_DATA_CORRUPTED,
+        ErrorKind::NullArgument => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        ErrorKind::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        ErrorKind::NeedsReadCommitted => ERRCODE_ACTIVE_SQL_TRANSACTION,
+        ErrorKind::NotReady => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        ErrorKind::BadTrigger => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+        ErrorKind::NotAllowed => ERRCODE_INSUFFICIENT_PRIVILEGE,
     }
 }
 
-/// Raises `e` as an SQL ERROR (does not return).
+/// Raises `e` as an SQL ERROR, with its hint if it has one (does not return).
 pub fn raise(e: Error) -> ! {
-    ErrorReport::new(sqlstate(&e), e.to_string(), "pg_redis").report(PgLogLevel::ERROR);
+    let mut r = ErrorReport::new(sqlstate(&e), e.to_string(), "pg_redis");
+    if let Some(h) = e.hint() {
+        r = r.set_hint(h);
+    }
+    r.report(PgLogLevel::ERROR);
     unreachable!("an ERROR report does not return") // ok: report(ERROR) unwinds
 }
 

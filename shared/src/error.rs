@@ -25,6 +25,18 @@ pub enum ErrorKind {
     Busy,
     /// Stored data does not have the shape it must have.
     Corrupt,
+    /// An SQL argument is NULL where a value is needed.
+    NullArgument,
+    /// The request is valid but pg_redis does not do it.
+    Unsupported,
+    /// The call needs a READ COMMITTED transaction.
+    NeedsReadCommitted,
+    /// pg_redis is not set up as the call needs (its tables altered, say).
+    NotReady,
+    /// A capture trigger was not installed by pg_redis, or outlived its mapping.
+    BadTrigger,
+    /// The current role may not do this.
+    NotAllowed,
 }
 
 /// SQLSTATE of "relation does not exist".
@@ -74,6 +86,30 @@ pub enum Error {
 
     #[error("{what}")]
     Busy { what: String },
+
+    #[error("argument {position} of {function} is NULL; Redis commands take strings")]
+    NullCommandArgument { function: &'static str, position: usize },
+
+    #[error("{function} needs a command, e.g. {function}('DEL', 'report:today')")]
+    NoCommand { function: &'static str },
+
+    #[error("{command} cannot be queued with redis.on_commit: it would block or change the state of the delivery connection")]
+    NotQueueable { command: String },
+
+    #[error("redis.wait_synced() needs READ COMMITTED: a snapshot held for the whole transaction never sees the outbox drain")]
+    WaitNeedsReadCommitted,
+
+    #[error("redis.wait_synced cannot read {what} ({reason}), so it cannot tell whether changes are still pending")]
+    WaitCannotRead { what: String, reason: String },
+
+    #[error("redis.capture() must be installed by redis.sync_table(), which passes the mapping id")]
+    TriggerWithoutMapping,
+
+    #[error("mapping {mapping_id} of this capture trigger no longer exists")]
+    TriggerMappingGone { mapping_id: i64 },
+
+    #[error("only a superuser can adopt a copied database: it decides which Redis keys this database writes")]
+    AdoptNeedsSuperuser,
 }
 
 impl Error {
@@ -92,7 +128,32 @@ impl Error {
             Error::Remote { .. } | Error::Sql { .. } => ErrorKind::Remote,
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Busy { .. } => ErrorKind::Busy,
+            Error::NullCommandArgument { .. } => ErrorKind::NullArgument,
+            Error::NoCommand { .. } => ErrorKind::InvalidInput,
+            Error::NotQueueable { .. } => ErrorKind::Unsupported,
+            Error::WaitNeedsReadCommitted => ErrorKind::NeedsReadCommitted,
+            Error::WaitCannotRead { .. } => ErrorKind::NotReady,
+            Error::TriggerWithoutMapping | Error::TriggerMappingGone { .. } => ErrorKind::BadTrigger,
+            Error::AdoptNeedsSuperuser => ErrorKind::NotAllowed,
         }
+    }
+
+    /// What to do about it, when there is one clear thing (an SQL ERROR's HINT).
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::NotQueueable { .. } => "use redis.command() to run it now, on this session's own connection",
+            Error::WaitNeedsReadCommitted => "call it outside the REPEATABLE READ or SERIALIZABLE transaction",
+            Error::WaitCannotRead { .. } => {
+                "pg_redis's tables must stay as CREATE EXTENSION made them; recreate the extension if they were altered"
+            }
+            Error::TriggerWithoutMapping => {
+                "call SELECT redis.sync_table('your_table') instead of creating the trigger by hand"
+            }
+            Error::TriggerMappingGone { .. } => {
+                "call redis.sync_table() again for this table, or redis.unsync_table() to drop its triggers"
+            }
+            _ => return None,
+        })
     }
 
     pub fn invalid_template(template: &str, reason: impl fmt::Display) -> Self {
@@ -165,6 +226,54 @@ mod tests {
         let other = Error::Sql { sqlstate: "42501".into(), message: "mentions (42P01)".into() };
         assert!(!other.is_undefined_table());
         assert!(!Error::Remote { server: "PostgreSQL", message: "x (42P01)".into() }.is_undefined_table());
+    }
+
+    #[test]
+    fn sql_surface_messages_kinds_and_hints() {
+        let cases = [
+            (
+                Error::NullCommandArgument { function: "redis.on_commit", position: 2 },
+                "argument 2 of redis.on_commit is NULL; Redis commands take strings",
+                ErrorKind::NullArgument,
+                false,
+            ),
+            (
+                Error::NoCommand { function: "redis.on_commit" },
+                "redis.on_commit needs a command, e.g. redis.on_commit('DEL', 'report:today')",
+                ErrorKind::InvalidInput,
+                false,
+            ),
+            (
+                Error::NotQueueable { command: "BLPOP".into() },
+                "BLPOP cannot be queued with redis.on_commit: it would block or change the state of the delivery connection",
+                ErrorKind::Unsupported,
+                true,
+            ),
+            (
+                Error::WaitCannotRead { what: "redis.outbox".into(), reason: "no value".into() },
+                "redis.wait_synced cannot read redis.outbox (no value), so it cannot tell whether changes are still pending",
+                ErrorKind::NotReady,
+                true,
+            ),
+            (
+                Error::TriggerMappingGone { mapping_id: 7 },
+                "mapping 7 of this capture trigger no longer exists",
+                ErrorKind::BadTrigger,
+                true,
+            ),
+            (
+                Error::AdoptNeedsSuperuser,
+                "only a superuser can adopt a copied database: it decides which Redis keys this database writes",
+                ErrorKind::NotAllowed,
+                false,
+            ),
+        ];
+        for (e, message, kind, hinted) in cases {
+            assert_eq!((e.to_string().as_str(), e.kind(), e.hint().is_some()), (message, kind, hinted));
+        }
+        assert_eq!(Error::WaitNeedsReadCommitted.kind(), ErrorKind::NeedsReadCommitted);
+        assert_eq!(Error::TriggerWithoutMapping.kind(), ErrorKind::BadTrigger);
+        assert_eq!(Error::Busy { what: "x".into() }.hint(), None);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 use crate::api::privileges::as_extension_owner;
 use crate::capture::canonical::with_canonical_settings;
 use crate::capture::{enqueue, wake};
-use crate::errors::raise_with;
-use pg_redis_shared::{Op, OutboxOp};
+use crate::errors::raise;
+use pg_redis_shared::{Error, Op, OutboxOp};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
@@ -161,13 +161,7 @@ fn mapping_id_arg(t: &pg_sys::Trigger) -> i64 {
     } else {
         None
     };
-    arg.unwrap_or_else(|| {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "redis.capture() must be installed by redis.sync_table(), which passes the mapping id",
-            Some("call SELECT redis.sync_table('your_table') instead of creating the trigger by hand"),
-        )
-    })
+    arg.unwrap_or_else(|| raise(Error::TriggerWithoutMapping))
 }
 
 /// What the trigger needs of a mapping version (cached).
@@ -196,11 +190,7 @@ fn watch(tgoid: pg_sys::Oid, mapping_id: i64) -> Rc<Watch> {
         })
     });
     let Some((columns, key_columns, needs_before, table)) = row else {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            format!("mapping {mapping_id} of this capture trigger no longer exists"),
-            Some("call redis.sync_table() again for this table, or redis.unsync_table() to drop its triggers"),
-        );
+        raise(Error::TriggerMappingGone { mapping_id });
     };
     let w = Rc::new(Watch {
         columns: columns.map(|mut c| {
