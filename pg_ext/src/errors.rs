@@ -22,6 +22,8 @@ pub fn sqlstate(e: &Error) -> PgSqlErrorCode {
         ErrorKind::NotReady => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         ErrorKind::BadTrigger => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
         ErrorKind::NotAllowed => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        ErrorKind::WrongObjectType => ERRCODE_WRONG_OBJECT_TYPE,
+        ErrorKind::InvalidName => ERRCODE_INVALID_NAME,
     }
 }
 

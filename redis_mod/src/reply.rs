@@ -20,7 +20,9 @@ pub fn prefix(e: &Error) -> &'static str {
         | ErrorKind::NeedsReadCommitted
         | ErrorKind::NotReady
         | ErrorKind::BadTrigger
-        | ErrorKind::NotAllowed => "ERR",
+        | ErrorKind::NotAllowed
+        | ErrorKind::WrongObjectType
+        | ErrorKind::InvalidName => "ERR",
     }
 }
 

@@ -37,6 +37,10 @@ pub enum ErrorKind {
     BadTrigger,
     /// The current role may not do this.
     NotAllowed,
+    /// The object named is not of a kind that can be synced (a view, a temporary table).
+    WrongObjectType,
+    /// A new name would break something pg_redis keeps (a key template).
+    InvalidName,
 }
 
 /// SQLSTATE of "relation does not exist".
@@ -110,6 +114,33 @@ pub enum Error {
 
     #[error("only a superuser can adopt a copied database: it decides which Redis keys this database writes")]
     AdoptNeedsSuperuser,
+
+    #[error("key column \"{column}\" of table {table} can be NULL, so some rows would have no Redis key")]
+    NullableKeyColumn { column: String, table: String },
+
+    #[error("{what} needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock")]
+    NeedsReadCommitted { what: String },
+
+    #[error("the key columns ({columns}) of table {table} are not unique, so two rows could share one Redis key")]
+    KeyNotUnique { columns: String, table: String },
+
+    #[error("pg_redis is not in shared_preload_libraries, so no background worker would deliver changes")]
+    NotPreloaded,
+
+    #[error("{table} is {what}; only tables (plain or partitioned) can be synced to Redis")]
+    NotATable { table: String, what: &'static str },
+
+    #[error("{table} is a temporary table; its rows are private to one session and cannot be synced")]
+    TemporaryTable { table: String },
+
+    #[error("table {table} has no primary key, so pg_redis cannot tell which key a row belongs to")]
+    NoPrimaryKey { table: String },
+
+    #[error("column \"{old}\" is part of the Redis key, and the key template would not work with the name \"{new}\": {reason}")]
+    KeyColumnRename { old: String, new: String, reason: String },
+
+    #[error("table {table} is not synced to Redis")]
+    NotSynced { table: String },
 }
 
 impl Error {
@@ -135,6 +166,14 @@ impl Error {
             Error::WaitCannotRead { .. } => ErrorKind::NotReady,
             Error::TriggerWithoutMapping | Error::TriggerMappingGone { .. } => ErrorKind::BadTrigger,
             Error::AdoptNeedsSuperuser => ErrorKind::NotAllowed,
+            Error::NullableKeyColumn { .. } | Error::KeyNotUnique { .. } | Error::NoPrimaryKey { .. } => {
+                ErrorKind::InvalidInput
+            }
+            Error::NeedsReadCommitted { .. } => ErrorKind::NeedsReadCommitted,
+            Error::NotPreloaded => ErrorKind::NotReady,
+            Error::NotATable { .. } | Error::TemporaryTable { .. } => ErrorKind::WrongObjectType,
+            Error::KeyColumnRename { .. } => ErrorKind::InvalidName,
+            Error::NotSynced { .. } => ErrorKind::Unmapped,
         }
     }
 
@@ -152,6 +191,16 @@ impl Error {
             Error::TriggerMappingGone { .. } => {
                 "call redis.sync_table() again for this table, or redis.unsync_table() to drop its triggers"
             }
+            Error::NullableKeyColumn { .. } => "declare the column NOT NULL, or build the key from NOT NULL columns",
+            Error::NeedsReadCommitted { .. } => "call it in a READ COMMITTED transaction",
+            Error::KeyNotUnique { .. } => "build the key from the primary key or from columns with a unique index",
+            Error::NotPreloaded => "add pg_redis to shared_preload_libraries in postgresql.conf and restart PostgreSQL",
+            Error::NotATable { .. } => "sync the table(s) it reads from instead",
+            Error::NoPrimaryKey { .. } => {
+                "add a primary key, or name the key columns: redis.sync_table('t', key => 't:{col}')"
+            }
+            Error::KeyColumnRename { .. } => "choose a column name without '{' or '}'",
+            Error::NotSynced { .. } => "start with SELECT redis.sync_table(...)",
             _ => return None,
         })
     }
@@ -272,6 +321,37 @@ mod tests {
             assert_eq!((e.to_string().as_str(), e.kind(), e.hint().is_some()), (message, kind, hinted));
         }
         assert_eq!(Error::WaitNeedsReadCommitted.kind(), ErrorKind::NeedsReadCommitted);
+        let sync_cases = [
+            (
+                Error::NullableKeyColumn { column: "id".into(), table: "t".into() },
+                "key column \"id\" of table t can be NULL, so some rows would have no Redis key",
+                ErrorKind::InvalidInput,
+            ),
+            (
+                Error::NeedsReadCommitted { what: "redis.sync_table()".into() },
+                "redis.sync_table() needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock",
+                ErrorKind::NeedsReadCommitted,
+            ),
+            (
+                Error::NotATable { table: "v".into(), what: "a view" },
+                "v is a view; only tables (plain or partitioned) can be synced to Redis",
+                ErrorKind::WrongObjectType,
+            ),
+            (
+                Error::KeyColumnRename { old: "a".into(), new: "b}".into(), reason: "r".into() },
+                "column \"a\" is part of the Redis key, and the key template would not work with the name \"b}\": r",
+                ErrorKind::InvalidName,
+            ),
+            (Error::NotSynced { table: "s.t".into() }, "table s.t is not synced to Redis", ErrorKind::Unmapped),
+        ];
+        for (e, message, kind) in sync_cases {
+            assert_eq!((e.to_string().as_str(), e.kind(), e.hint().is_some()), (message, kind, true));
+        }
+        assert_eq!(Error::TemporaryTable { table: "t".into() }.hint(), None);
+        assert_eq!(
+            Error::NoPrimaryKey { table: "t".into() }.hint(),
+            Some("add a primary key, or name the key columns: redis.sync_table('t', key => 't:{col}')")
+        );
         assert_eq!(Error::TriggerWithoutMapping.kind(), ErrorKind::BadTrigger);
         assert_eq!(Error::Busy { what: "x".into() }.hint(), None);
     }

@@ -7,7 +7,7 @@
 use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, require_owner, with_catalog_search_path};
 use crate::capture::canonical::with_canonical_settings;
 use crate::capture::{enqueue, wake};
-use crate::errors::{raise, raise_with, OrRaise};
+use crate::errors::{raise, OrRaise};
 use crate::worker::outbox::SpiCatalogRow;
 use pg_redis_shared::apply::mappings_changed_key;
 use pg_redis_shared::key_type::KeyType;
@@ -56,14 +56,7 @@ fn sync_table(
     for kc in template.columns() {
         let c = cols.iter().find(|c| c.name == kc).map(|c| (c.sql_type.clone(), c.not_null)).unwrap_or_default();
         if !c.1 {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "key column \"{kc}\" of table {} can be NULL, so some rows would have no Redis key",
-                    table.display
-                ),
-                Some("declare the column NOT NULL, or build the key from NOT NULL columns"),
-            );
+            raise(Error::NullableKeyColumn { column: kc.to_owned(), table: table.display.clone() });
         }
         key_types.push(c.0);
     }
@@ -174,11 +167,7 @@ fn resync(tbl: PgRelation) -> i64 {
 fn require_read_committed(what: &str) {
     // SAFETY: reading the transaction's isolation level.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
-            format!("{what} needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock"),
-            Some("call it in a READ COMMITTED transaction"),
-        );
+        raise(Error::NeedsReadCommitted { what: what.to_owned() });
     }
 }
 
@@ -197,25 +186,13 @@ fn require_unique_key(t: &Table, template: &KeyTemplate) {
     .flatten()
     .unwrap_or(false);
     if !unique {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "the key columns ({}) of table {} are not unique, so two rows could share one Redis key",
-                cols.join(", "),
-                t.display
-            ),
-            Some("build the key from the primary key or from columns with a unique index"),
-        );
+        raise(Error::KeyNotUnique { columns: cols.join(", "), table: t.display.clone() });
     }
 }
 
 fn require_preloaded() {
     if !crate::preloaded() {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "pg_redis is not in shared_preload_libraries, so no background worker would deliver changes",
-            Some("add pg_redis to shared_preload_libraries in postgresql.conf and restart PostgreSQL"),
-        );
+        raise(Error::NotPreloaded);
     }
 }
 
@@ -251,19 +228,11 @@ impl Table {
                     b'c' => "a composite type",
                     _ => "not a table",
                 };
-                raise_with(
-                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                    format!("{display} is {what}; only tables (plain or partitioned) can be synced to Redis"),
-                    Some("sync the table(s) it reads from instead"),
-                );
+                raise(Error::NotATable { table: display, what });
             }
         }
         if persistence == b't' {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("{display} is a temporary table; its rows are private to one session and cannot be synced"),
-                None,
-            );
+            raise(Error::TemporaryTable { table: display });
         }
         require_owner(oid, &display);
         if persistence == b'u' {
@@ -324,11 +293,7 @@ fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
         })
     });
     if cols.is_empty() {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("table {display} has no primary key, so pg_redis cannot tell which key a row belongs to"),
-            Some("add a primary key, or name the key columns: redis.sync_table('t', key => 't:{col}')"),
-        );
+        raise(Error::NoPrimaryKey { table: display.to_owned() });
     }
     cols
 }
@@ -513,11 +478,7 @@ pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
         }
         let renamed = crate::ddl::renames::rename_in_template(&template, old, new);
         if let Err(e) = KeyTemplate::parse(&renamed) {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_INVALID_NAME,
-                format!("column \"{old}\" is part of the Redis key, and the key template would not work with the name \"{new}\": {e}"),
-                Some("choose a column name without '{' or '}'"),
-            );
+            raise(Error::KeyColumnRename { old: old.to_owned(), new: new.to_owned(), reason: e.to_string() });
         }
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[old_id.into()])
             .unwrap_or_report();
@@ -546,11 +507,7 @@ fn active_mapping_id(t: &Table) -> i64 {
         &[t.oid.into()],
     ) {
         Ok(Some(id)) => id,
-        _ => raise_with(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("table {} is not synced to Redis", t.display),
-            Some("start with SELECT redis.sync_table(...)"),
-        ),
+        _ => raise(Error::NotSynced { table: t.display.clone() }),
     }
 }
 
