@@ -24,6 +24,8 @@ pub fn sqlstate(e: &Error) -> PgSqlErrorCode {
         ErrorKind::NotAllowed => ERRCODE_INSUFFICIENT_PRIVILEGE,
         ErrorKind::WrongObjectType => ERRCODE_WRONG_OBJECT_TYPE,
         ErrorKind::InvalidName => ERRCODE_INVALID_NAME,
+        ErrorKind::Internal => ERRCODE_INTERNAL_ERROR,
+        ErrorKind::NotUtf8 => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
     }
 }
 
@@ -31,16 +33,6 @@ pub fn sqlstate(e: &Error) -> PgSqlErrorCode {
 pub fn raise(e: Error) -> ! {
     let mut r = ErrorReport::new(sqlstate(&e), e.to_string(), "pg_redis");
     if let Some(h) = e.hint() {
-        r = r.set_hint(h);
-    }
-    r.report(PgLogLevel::ERROR);
-    unreachable!("an ERROR report does not return") // ok: report(ERROR) unwinds
-}
-
-/// Raises an ERROR with an explicit SQLSTATE, message and hint.
-pub fn raise_with(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str>) -> ! {
-    let mut r = ErrorReport::new(code, message.into(), "pg_redis");
-    if let Some(h) = hint {
         r = r.set_hint(h);
     }
     r.report(PgLogLevel::ERROR);

@@ -22,7 +22,9 @@ pub fn prefix(e: &Error) -> &'static str {
         | ErrorKind::BadTrigger
         | ErrorKind::NotAllowed
         | ErrorKind::WrongObjectType
-        | ErrorKind::InvalidName => "ERR",
+        | ErrorKind::InvalidName
+        | ErrorKind::Internal
+        | ErrorKind::NotUtf8 => "ERR",
     }
 }
 

@@ -41,6 +41,10 @@ pub enum ErrorKind {
     WrongObjectType,
     /// A new name would break something pg_redis keeps (a key template).
     InvalidName,
+    /// pg_redis's own data is broken (a bug or a damaged install).
+    Internal,
+    /// Bytes that are not UTF-8 where SQL text is wanted.
+    NotUtf8,
 }
 
 /// SQLSTATE of "relation does not exist".
@@ -141,6 +145,25 @@ pub enum Error {
 
     #[error("table {table} is not synced to Redis")]
     NotSynced { table: String },
+
+    #[error("must be owner of table {table} to sync it to Redis")]
+    NotTableOwner { table: String },
+
+    #[error("the pg_redis extension is not installed in this database")]
+    ExtensionNotInstalled,
+
+    #[error("pg_redis's table of Redis commands cannot be read: {reason}")]
+    CommandTableUnreadable { reason: String },
+
+    /// A Redis command the current role may not send from SQL; `hint` says what to do.
+    #[error("{function}: {message}")]
+    CommandRefused { function: String, message: String, hint: String },
+
+    #[error("{what} must be a JSON object, e.g. '{{\"name\": \"ann\"}}'")]
+    NotAJsonObject { what: String },
+
+    #[error("the reply of {what} is not valid UTF-8, so it cannot be SQL text")]
+    ReplyNotUtf8 { what: String },
 }
 
 impl Error {
@@ -174,12 +197,21 @@ impl Error {
             Error::NotATable { .. } | Error::TemporaryTable { .. } => ErrorKind::WrongObjectType,
             Error::KeyColumnRename { .. } => ErrorKind::InvalidName,
             Error::NotSynced { .. } => ErrorKind::Unmapped,
+            Error::NotTableOwner { .. } | Error::CommandRefused { .. } => ErrorKind::NotAllowed,
+            Error::ExtensionNotInstalled => ErrorKind::NotReady,
+            Error::CommandTableUnreadable { .. } => ErrorKind::Internal,
+            Error::NotAJsonObject { .. } => ErrorKind::InvalidInput,
+            Error::ReplyNotUtf8 { .. } => ErrorKind::NotUtf8,
         }
     }
 
     /// What to do about it, when there is one clear thing (an SQL ERROR's HINT).
-    pub fn hint(&self) -> Option<&'static str> {
+    pub fn hint(&self) -> Option<&str> {
         Some(match self {
+            Error::ExtensionNotInstalled => "CREATE EXTENSION pg_redis",
+            Error::CommandTableUnreadable { .. } => "reinstall pg_redis",
+            Error::CommandRefused { hint, .. } => hint,
+            Error::ReplyNotUtf8 { .. } => "store text in Redis, or read binary values with another client",
             Error::NotQueueable { .. } => "use redis.command() to run it now, on this session's own connection",
             Error::WaitNeedsReadCommitted => "call it outside the REPEATABLE READ or SERIALIZABLE transaction",
             Error::WaitCannotRead { .. } => {
@@ -354,6 +386,33 @@ mod tests {
         );
         assert_eq!(Error::TriggerWithoutMapping.kind(), ErrorKind::BadTrigger);
         assert_eq!(Error::Busy { what: "x".into() }.hint(), None);
+        let e = Error::NotAJsonObject { what: "redis.hset's value".into() };
+        assert_eq!(e.to_string(), r#"redis.hset's value must be a JSON object, e.g. '{"name": "ann"}'"#);
+        assert_eq!((e.kind(), e.hint()), (ErrorKind::InvalidInput, None));
+        let e = Error::CommandRefused { function: "redis.command".into(), message: "m".into(), hint: "h".into() };
+        assert_eq!(
+            (e.to_string().as_str(), e.kind(), e.hint()),
+            ("redis.command: m", ErrorKind::NotAllowed, Some("h"))
+        );
+        let e = Error::NotTableOwner { table: "t".into() };
+        assert_eq!(
+            (e.to_string().as_str(), e.kind(), e.hint()),
+            ("must be owner of table t to sync it to Redis", ErrorKind::NotAllowed, None)
+        );
+        assert_eq!(
+            (Error::ExtensionNotInstalled.kind(), Error::ExtensionNotInstalled.hint()),
+            (ErrorKind::NotReady, Some("CREATE EXTENSION pg_redis"))
+        );
+        let e = Error::CommandTableUnreadable { reason: "r".into() };
+        assert_eq!(
+            (e.to_string().as_str(), e.kind()),
+            ("pg_redis's table of Redis commands cannot be read: r", ErrorKind::Internal)
+        );
+        let e = Error::ReplyNotUtf8 { what: "GET".into() };
+        assert_eq!(
+            (e.to_string().as_str(), e.kind()),
+            ("the reply of GET is not valid UTF-8, so it cannot be SQL text", ErrorKind::NotUtf8)
+        );
     }
 
     #[test]
