@@ -13,8 +13,9 @@
 //! Redis, so it waits for adoption too. A physical standby keeps both and delivers once
 //! promoted, as the same database.
 
-use crate::errors::raise_with;
+use crate::errors::raise;
 use crate::worker::registry::{self, WorkerState};
+use pg_redis_shared::Error;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
@@ -201,11 +202,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
 fn adopt_copy(purge_outbox: default!(Option<bool>, "false")) -> i64 {
     // SAFETY: a check of the current user.
     if !unsafe { pg_sys::superuser() } {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "only a superuser can adopt a copied database: it decides which Redis keys this database writes",
-            None,
-        );
+        raise(Error::AdoptNeedsSuperuser);
     }
     let held = matches!(check(), Identity::Copied { .. });
     if !held {

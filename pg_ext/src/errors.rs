@@ -16,19 +16,23 @@ pub fn sqlstate(e: &Error) -> PgSqlErrorCode {
         ErrorKind::Timeout => ERRCODE_QUERY_CANCELED,
         ErrorKind::Busy => ERRCODE_INSUFFICIENT_RESOURCES,
         ErrorKind::Corrupt => ERRCODE_DATA_CORRUPTED,
+        ErrorKind::NullArgument => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        ErrorKind::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        ErrorKind::NeedsReadCommitted => ERRCODE_ACTIVE_SQL_TRANSACTION,
+        ErrorKind::NotReady => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        ErrorKind::BadTrigger => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+        ErrorKind::NotAllowed => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        ErrorKind::WrongObjectType => ERRCODE_WRONG_OBJECT_TYPE,
+        ErrorKind::InvalidName => ERRCODE_INVALID_NAME,
+        ErrorKind::Internal => ERRCODE_INTERNAL_ERROR,
+        ErrorKind::NotUtf8 => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
     }
 }
 
-/// Raises `e` as an SQL ERROR (does not return).
+/// Raises `e` as an SQL ERROR, with its hint if it has one (does not return).
 pub fn raise(e: Error) -> ! {
-    ErrorReport::new(sqlstate(&e), e.to_string(), "pg_redis").report(PgLogLevel::ERROR);
-    unreachable!("an ERROR report does not return") // ok: report(ERROR) unwinds
-}
-
-/// Raises an ERROR with an explicit SQLSTATE, message and hint.
-pub fn raise_with(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str>) -> ! {
-    let mut r = ErrorReport::new(code, message.into(), "pg_redis");
-    if let Some(h) = hint {
+    let mut r = ErrorReport::new(sqlstate(&e), e.to_string(), "pg_redis");
+    if let Some(h) = e.hint() {
         r = r.set_hint(h);
     }
     r.report(PgLogLevel::ERROR);

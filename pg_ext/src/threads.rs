@@ -29,11 +29,7 @@ pub fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<JoinH
 /// Runs `f`, turning a panic into an error message (for code on helper threads).
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let what = pg_redis_shared::error::panic_message(p.as_ref());
         format!("internal error on a pg_redis helper thread: {what}")
     })
 }

@@ -47,10 +47,7 @@ pub fn thread_body(what: &str, body: impl Fn()) {
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
+    pg_redis_shared::error::panic_message(p.as_ref())
 }
 
 /// Redis formats module log lines printf-style: escape `%`, drop NUL.

@@ -6,7 +6,8 @@
 
 use crate::guard;
 use crate::pool::Session;
-use pg_redis_shared::mapping::{CatalogRow, ACTIVE_MAPPINGS_SQL};
+use pg_redis_shared::backoff::Backoff;
+use pg_redis_shared::mapping::{CatalogColumns, CatalogRow, ACTIVE_MAPPINGS_SQL};
 use pg_redis_shared::{Error, MappingSet, TableMapping};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -27,7 +28,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 
 const REFRESH: Duration = Duration::from_secs(60);
-const RETRY_MIN: Duration = Duration::from_millis(200);
+/// Wait after the first failed load, doubling up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(400);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The mappings in force, or why there are none yet.
@@ -63,11 +65,30 @@ pub fn request_reload() {
 static LOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 static INSTALLED_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// A row of `postgres` as [`CatalogColumns`].
+struct PgCatalogRow<'a>(&'a postgres::Row);
+
+impl CatalogColumns for PgCatalogRow<'_> {
+    type Error = postgres::Error;
+    fn int8(&self, i: usize) -> Result<Option<i64>, postgres::Error> {
+        self.0.try_get(i)
+    }
+    fn int4(&self, i: usize) -> Result<Option<i32>, postgres::Error> {
+        self.0.try_get(i)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, postgres::Error> {
+        self.0.try_get(i)
+    }
+    fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, postgres::Error> {
+        self.0.try_get(i)
+    }
+}
+
 /// Loads the mappings now on `session` and installs them.
 pub fn load_with(session: &mut Session) -> Result<usize, Error> {
     let seq = LOAD_SEQ.fetch_add(1, Ordering::AcqRel) + 1;
     let rows = session.query(ACTIVE_MAPPINGS_SQL, &[]).map_err(|e| match e {
-        Error::Remote { message, .. } if message.contains("(42P01)") => Error::Unavailable {
+        e if e.is_undefined_table() => Error::Unavailable {
             server: "PostgreSQL",
             reason: "the pg_redis extension is not installed in the database redis_pg.pg_url names (CREATE EXTENSION pg_redis)".into(),
         },
@@ -75,17 +96,17 @@ pub fn load_with(session: &mut Session) -> Result<usize, Error> {
     })?;
     let mut mappings = Vec::with_capacity(rows.len());
     for r in rows {
-        let row = CatalogRow {
-            id: r.get(0),
-            schema_name: r.get(1),
-            rel_name: r.get(2),
-            key_template: r.get(3),
-            key_types: r.get(4),
-            format: r.get(5),
-            ttl: r.get(6),
-            columns: r.get(7),
-            stream_key: r.get(8),
-            channel: r.get(9),
+        // The catalog's constraints rule both failures out; a row that breaks them is skipped.
+        let row = match CatalogRow::decode(&PgCatalogRow(&r)) {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                guard::log_warning("ignoring a mapping: a column that cannot be NULL is NULL");
+                continue;
+            }
+            Err(e) => {
+                guard::log_warning(&format!("ignoring a mapping: {e}"));
+                continue;
+            }
         };
         match TableMapping::try_from(row) {
             Ok(m) => mappings.push(m),
@@ -133,15 +154,16 @@ pub fn stop() {
 
 fn run() {
     let mut session = Session::default();
-    let mut retry = RETRY_MIN;
+    let mut backoff = Backoff::new();
+    let mut retry = Duration::ZERO;
     let mut next_refresh = Instant::now() + REFRESH;
-    let mut failing = false;
     while !STOP.load(Ordering::Acquire) {
         let due = {
             let mut requested = WAKE.requested.lock().unwrap_or_else(|e| e.into_inner());
             if STOP.load(Ordering::Acquire) {
                 break;
             }
+            let failing = backoff.failures() > 0;
             let wait = if failing { retry } else { next_refresh.saturating_duration_since(Instant::now()) };
             if !*requested && !wait.is_zero() {
                 requested = WAKE.cv.wait_timeout(requested, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
@@ -157,20 +179,19 @@ fn run() {
         guard::callback("loading mappings", || outcome = load_with(&mut session));
         match outcome {
             Ok(n) => {
-                if failing {
+                if backoff.failures() > 0 {
                     guard::log_notice(&format!("loaded {n} table mappings from PostgreSQL"));
                 }
-                failing = false;
-                retry = RETRY_MIN;
+                backoff.succeed();
                 next_refresh = Instant::now() + REFRESH;
             }
             Err(e) => {
-                if !failing {
+                if backoff.failures() == 0 {
                     guard::log_warning(&format!("cannot load table mappings yet, retrying: {e}"));
                 }
                 *LAST_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = e.to_string();
-                failing = true;
-                retry = (retry * 2).min(RETRY_MAX);
+                // The loop sleeps this long (or until a reload is asked for), then tries again.
+                retry = backoff.fail(Instant::now(), RETRY_FIRST, RETRY_MAX);
             }
         }
     }

@@ -14,7 +14,17 @@ pub fn prefix(e: &Error) -> &'static str {
         | ErrorKind::UndefinedColumn
         | ErrorKind::Unmapped
         | ErrorKind::Remote
-        | ErrorKind::Corrupt => "ERR",
+        | ErrorKind::Corrupt
+        | ErrorKind::NullArgument
+        | ErrorKind::Unsupported
+        | ErrorKind::NeedsReadCommitted
+        | ErrorKind::NotReady
+        | ErrorKind::BadTrigger
+        | ErrorKind::NotAllowed
+        | ErrorKind::WrongObjectType
+        | ErrorKind::InvalidName
+        | ErrorKind::Internal
+        | ErrorKind::NotUtf8 => "ERR",
     }
 }
 

@@ -11,6 +11,7 @@
 
 use crate::pg_target::{self, TlsMode};
 use crate::{config, pg_tls};
+use pg_redis_shared::backoff::Backoff;
 use pg_redis_shared::encoding::CANONICAL_SETTINGS;
 use pg_redis_shared::redact::redact_url;
 use pg_redis_shared::Error;
@@ -32,8 +33,7 @@ const GRACE: Duration = Duration::from_secs(1);
 
 /// Shared knowledge of whether PostgreSQL is reachable, so that all threads back off together.
 struct Health {
-    failures: u32,
-    retry_at: Option<Instant>,
+    backoff: Backoff,
     last_error: String,
     /// After failures, one thread at a time tries to connect; the others answer at once
     /// instead of each waiting out its own attempt against a silent server.
@@ -41,7 +41,7 @@ struct Health {
 }
 
 static HEALTH: Mutex<Health> =
-    Mutex::new(Health { failures: 0, retry_at: None, last_error: String::new(), probing: false });
+    Mutex::new(Health { backoff: Backoff::new(), last_error: String::new(), probing: false });
 
 /// Clears `probing` when the attempt ends, however it ends.
 struct Probe;
@@ -51,7 +51,8 @@ impl Drop for Probe {
         HEALTH.lock().unwrap_or_else(|e| e.into_inner()).probing = false;
     }
 }
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Wait after the first failed connection attempt, doubling up to `BACKOFF_MAX`.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The future that moves a connection's bytes; it runs only while the thread waits on a step
@@ -169,7 +170,7 @@ impl Session {
     {
         let limit = config::query_timeout() + GRACE;
         let (Some(rt), Some(link)) = (self.runtime.as_ref(), self.link.as_mut()) else {
-            return Err(Error::Unavailable { server: "PostgreSQL", reason: "no connection".into() }.into());
+            return Err(Error::not_connected("PostgreSQL").into());
         };
         let work = step(link.client.clone());
         let outcome = link.drive(rt, limit, work);
@@ -274,16 +275,14 @@ fn where_pg() -> String {
 fn connect_with_backoff(rt: &Runtime) -> Result<Link, Error> {
     let _probe = {
         let mut h = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = h.retry_at {
-            let now = Instant::now();
-            if now < at {
-                return Err(Error::Unavailable {
-                    server: "PostgreSQL",
-                    reason: format!("{} (next connection attempt in {} ms)", h.last_error, (at - now).as_millis()),
-                });
-            }
+        let left = h.backoff.remaining(Instant::now());
+        if !left.is_zero() {
+            return Err(Error::Unavailable {
+                server: "PostgreSQL",
+                reason: format!("{} (next connection attempt in {} ms)", h.last_error, left.as_millis()),
+            });
         }
-        if h.failures > 0 {
+        if h.backoff.failures() > 0 {
             if h.probing {
                 return Err(Error::Unavailable {
                     server: "PostgreSQL",
@@ -302,9 +301,7 @@ fn connect_with_backoff(rt: &Runtime) -> Result<Link, Error> {
 fn connect_now(rt: &Runtime) -> Result<Link, Error> {
     match connect(rt) {
         Ok(c) => {
-            let mut h = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
-            h.failures = 0;
-            h.retry_at = None;
+            HEALTH.lock().unwrap_or_else(|e| e.into_inner()).backoff.succeed();
             Ok(c)
         }
         Err(e) => {
@@ -317,17 +314,14 @@ fn connect_now(rt: &Runtime) -> Result<Link, Error> {
 /// Forgets the shared backoff (module unload).
 pub fn reset_health() {
     let mut h = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
-    h.failures = 0;
-    h.retry_at = None;
+    h.backoff.succeed();
     h.last_error.clear();
     h.probing = false;
 }
 
 fn note_failure(message: &str) {
     let mut h = HEALTH.lock().unwrap_or_else(|e| e.into_inner());
-    h.failures = h.failures.saturating_add(1);
-    let backoff = BACKOFF_MIN.saturating_mul(1 << h.failures.min(10)).min(BACKOFF_MAX);
-    h.retry_at = Some(Instant::now() + backoff);
+    h.backoff.fail(Instant::now(), BACKOFF_FIRST, BACKOFF_MAX);
     h.last_error = message.strip_prefix("PostgreSQL is unavailable: ").unwrap_or(message).to_owned();
 }
 
@@ -444,7 +438,7 @@ pub fn map_pg_error(e: &tokio_postgres::Error) -> Error {
                 server: "PostgreSQL",
                 reason: format!("{}: {} ({code})", where_pg(), db.message()),
             },
-            code => Error::Remote { server: "PostgreSQL", message: format!("{} ({code})", db.message()) },
+            code => Error::Sql { sqlstate: code.to_owned(), message: db.message().to_owned() },
         };
     }
     Error::Unavailable { server: "PostgreSQL", reason: format!("{}: {}", where_pg(), describe(e)) }

@@ -12,10 +12,15 @@ use crate::mapping::{Encoded, TableMapping};
 /// Keys starting with this belong to pg_redis itself; templates may not overlap it.
 pub const RESERVED_PREFIX: &str = "pg_redis:";
 
-/// The key the worker writes after the mappings of a database changed; the module watches it
-/// and reloads its mappings from PostgreSQL.
+/// Start of the keys the worker writes after the mappings of a database changed (the database
+/// name follows); the module watches them and reloads its mappings from PostgreSQL. The
+/// catalog's SQL (`sql/pg_redis_objects.sql`) writes it too, as a literal: a test below checks
+/// that they agree.
+pub const MAPPINGS_CHANGED_PREFIX: &str = "pg_redis:mappings:";
+
+/// The key the worker writes after the mappings of `database` changed.
 pub fn mappings_changed_key(database: &str) -> String {
-    format!("{RESERVED_PREFIX}mappings:{database}")
+    format!("{MAPPINGS_CHANGED_PREFIX}{database}")
 }
 
 /// Written (value: a key) just before a row's key is deleted. A read-through fill that started
@@ -204,6 +209,21 @@ fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_keys_share_the_prefix() {
+        for k in [MAPPINGS_CHANGED_PREFIX, REVOKE_KEY, REVOKE_PREFIX_KEY] {
+            assert!(k.starts_with(RESERVED_PREFIX), "{k}");
+        }
+        assert_eq!(mappings_changed_key("app"), "pg_redis:mappings:app");
+    }
+
+    #[test]
+    fn catalog_sql_writes_the_same_mappings_key() {
+        // The SQL file cannot name the constant; it must spell it the same way.
+        let sql = include_str!("../../sql/pg_redis_objects.sql");
+        assert!(sql.contains(&format!("'{MAPPINGS_CHANGED_PREFIX}' || current_database()")));
+    }
     use crate::{Format, KeyTemplate};
 
     fn mapping() -> TableMapping {

@@ -44,6 +44,42 @@ impl Op {
     }
 }
 
+/// What an outbox row asks of the worker: a row change, a sweep of a table's keys, or a Redis
+/// command queued by `redis.on_commit`. The one-letter `op` column of `redis.outbox` holds
+/// [`OutboxOp::code`]; every writer and the worker's reader go through this type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxOp {
+    Row(Op),
+    /// Remove the keys of a table whose rows no longer exist (resync, a partition truncated).
+    Sweep,
+    /// A Redis command queued by `redis.on_commit` or by pg_redis itself.
+    Command,
+}
+
+impl OutboxOp {
+    /// The letter of [`OutboxOp::Sweep`].
+    pub const SWEEP: char = 'S';
+    /// The letter of [`OutboxOp::Command`].
+    pub const COMMAND: char = 'x';
+
+    /// The letter stored in `redis.outbox.op`.
+    pub fn code(self) -> char {
+        match self {
+            OutboxOp::Row(op) => op.code(),
+            OutboxOp::Sweep => Self::SWEEP,
+            OutboxOp::Command => Self::COMMAND,
+        }
+    }
+
+    pub fn from_code(c: char) -> Option<OutboxOp> {
+        match c {
+            Self::SWEEP => Some(OutboxOp::Sweep),
+            Self::COMMAND => Some(OutboxOp::Command),
+            c => Op::from_code(c).map(OutboxOp::Row),
+        }
+    }
+}
+
 /// Where the change came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Source {
@@ -124,5 +160,44 @@ mod tests {
             assert_eq!(Op::from_code(op.code()), Some(op));
         }
         assert_eq!(Op::from_code('x'), None);
+    }
+
+    #[test]
+    fn outbox_op_codes_round_trip() {
+        let all = [Op::Create, Op::Update, Op::Delete, Op::Read, Op::Truncate]
+            .map(OutboxOp::Row)
+            .into_iter()
+            .chain([OutboxOp::Sweep, OutboxOp::Command]);
+        for op in all {
+            assert_eq!(OutboxOp::from_code(op.code()), Some(op));
+        }
+        assert_eq!(OutboxOp::from_code('?'), None);
+    }
+
+    #[test]
+    fn catalog_sql_writes_the_same_letters() {
+        // The catalog's event triggers queue a purge and a command in SQL, by letter.
+        let sql = include_str!("../../sql/pg_redis_objects.sql");
+        let purge = format!("VALUES (m.id, '{}')", OutboxOp::Row(Op::Truncate).code());
+        let command = format!("VALUES ('{}', ARRAY['SET'", OutboxOp::Command.code());
+        assert!(sql.contains(&purge) && sql.matches(&command).count() == 2);
+    }
+
+    #[test]
+    fn outbox_op_letters_are_the_stored_ones() {
+        // Rows already queued by earlier versions hold these letters: they must not change.
+        let letters: String = [
+            OutboxOp::Row(Op::Create),
+            OutboxOp::Row(Op::Update),
+            OutboxOp::Row(Op::Delete),
+            OutboxOp::Row(Op::Read),
+            OutboxOp::Row(Op::Truncate),
+            OutboxOp::Sweep,
+            OutboxOp::Command,
+        ]
+        .map(OutboxOp::code)
+        .into_iter()
+        .collect();
+        assert_eq!(letters, "cudrtSx");
     }
 }

@@ -3,17 +3,19 @@
 //! whichever side writes it. Plain Rust: no FFI, no server APIs.
 
 pub mod apply;
+pub mod backoff;
 pub mod command_policy;
 pub mod encoding;
 pub mod error;
 pub mod event;
 pub mod key_template;
+pub mod key_type;
 pub mod mapping;
 pub mod redact;
 pub mod sql;
 
 pub use encoding::Row;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{ChangeEvent, Op, Source};
+pub use event::{ChangeEvent, Op, OutboxOp, Source};
 pub use key_template::KeyTemplate;
 pub use mapping::{Encoded, Format, MappingSet, TableMapping};

@@ -121,8 +121,41 @@ pub struct CatalogRow {
     pub channel: Option<String>,
 }
 
-/// The catalog query both halves read mappings with (the module: all active mappings).
-pub const ACTIVE_MAPPINGS_SQL: &str = "SELECT mapping_id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel FROM redis.tables ORDER BY mapping_id";
+pub use crate::sql::{ACTIVE_MAPPINGS_SQL, CATALOG_COLUMNS};
+
+/// Reads the columns of one catalog row by position (0-based, in [`CATALOG_COLUMNS`] order),
+/// NULL as `None`. Each half implements it over its own row type.
+pub trait CatalogColumns {
+    type Error;
+    fn int8(&self, i: usize) -> Result<Option<i64>, Self::Error>;
+    fn int4(&self, i: usize) -> Result<Option<i32>, Self::Error>;
+    fn text(&self, i: usize) -> Result<Option<String>, Self::Error>;
+    fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, Self::Error>;
+}
+
+impl CatalogRow {
+    /// The row selected with [`CATALOG_COLUMNS`]; `None` when a column that is never NULL in
+    /// the catalog is NULL (such a row cannot be used).
+    pub fn decode<C: CatalogColumns + ?Sized>(c: &C) -> std::result::Result<Option<CatalogRow>, C::Error> {
+        let (Some(id), Some(schema_name), Some(rel_name), Some(key_template), Some(key_types), Some(format)) =
+            (c.int8(0)?, c.text(1)?, c.text(2)?, c.text(3)?, c.text_array(4)?, c.text(5)?)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(CatalogRow {
+            id,
+            schema_name,
+            rel_name,
+            key_template,
+            key_types,
+            format,
+            ttl: c.int4(6)?,
+            columns: c.text_array(7)?,
+            stream_key: c.text(8)?,
+            channel: c.text(9)?,
+        }))
+    }
+}
 
 impl TryFrom<CatalogRow> for TableMapping {
     type Error = Error;
@@ -289,5 +322,61 @@ mod tests {
     #[test]
     fn quotes_identifiers() {
         assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+    }
+
+    /// A catalog row as a list of optional texts, one per column (numbers and arrays parsed).
+    struct Texts(Vec<Option<&'static str>>);
+
+    impl CatalogColumns for Texts {
+        type Error = String;
+        fn int8(&self, i: usize) -> Result<Option<i64>, String> {
+            self.text(i)?.map(|t| t.parse().map_err(|_| format!("column {i}"))).transpose()
+        }
+        fn int4(&self, i: usize) -> Result<Option<i32>, String> {
+            self.text(i)?.map(|t| t.parse().map_err(|_| format!("column {i}"))).transpose()
+        }
+        fn text(&self, i: usize) -> Result<Option<String>, String> {
+            self.0.get(i).copied().ok_or(format!("no column {i}")).map(|t| t.map(str::to_owned))
+        }
+        fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, String> {
+            Ok(self.text(i)?.map(|t| t.split(',').map(str::to_owned).collect()))
+        }
+    }
+
+    #[test]
+    fn decodes_catalog_rows_by_position() {
+        let cols = [
+            Some("7"),
+            Some("shop"),
+            Some("orders"),
+            Some("o:{id}"),
+            Some("pg_catalog.int8"),
+            Some("hash"),
+            Some("60"),
+            Some("id,total"),
+            None,
+            Some("news"),
+        ];
+        let row = CatalogRow::decode(&Texts(cols.to_vec())).unwrap().unwrap();
+        assert_eq!(CATALOG_COLUMNS.split(", ").count(), cols.len());
+        let m = TableMapping::try_from(row).unwrap();
+        assert_eq!((m.id, m.schema.as_str(), m.table.as_str(), m.key.as_str()), (7, "shop", "orders", "o:{id}"));
+        assert_eq!((m.key_types, m.format, m.ttl), (vec!["pg_catalog.int8".to_string()], Format::Hash, Some(60)));
+        assert_eq!(m.columns, Some(vec!["id".to_string(), "total".to_string()]));
+        assert_eq!((m.stream_key, m.channel.as_deref()), (None, Some("news")));
+    }
+
+    #[test]
+    fn catalog_rows_missing_required_columns_are_skipped() {
+        for i in 0..6 {
+            let mut cols = vec![Some("1"), Some("s"), Some("t"), Some("t:{id}"), Some("int8"), Some("json")];
+            cols.extend([None; 4]);
+            if let Some(c) = cols.get_mut(i) {
+                *c = None;
+            }
+            assert!(CatalogRow::decode(&Texts(cols)).unwrap().is_none(), "column {i}");
+        }
+        // A reader's error is passed on.
+        assert_eq!(CatalogRow::decode(&Texts(vec![Some("x")])).unwrap_err(), "column 0");
     }
 }

@@ -4,6 +4,20 @@
 
 use crate::mapping::{quote_ident, TableMapping};
 
+/// The columns of a mapping as `CatalogRow::decode` reads them, by position; from
+/// `redis.tables` as is (readers of `redis.mapping` name their expressions the same).
+macro_rules! catalog_columns {
+    () => {
+        "mapping_id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel"
+    };
+}
+
+/// See [`catalog_columns`]: the SELECT list every reader of mappings uses.
+pub const CATALOG_COLUMNS: &str = catalog_columns!();
+
+/// All active mappings (the module's loader and the consistency checks of the tests).
+pub const ACTIVE_MAPPINGS_SQL: &str = concat!("SELECT ", catalog_columns!(), " FROM redis.tables ORDER BY mapping_id");
+
 /// `t."a" = k."a"::bigint AND ...`: the join of table columns to the unnested key values.
 fn key_match(m: &TableMapping) -> String {
     m.key
@@ -76,6 +90,15 @@ mod tests {
             stream_key: None,
             channel: None,
         }
+    }
+
+    #[test]
+    fn catalog_statement() {
+        assert_eq!(
+            ACTIVE_MAPPINGS_SQL,
+            "SELECT mapping_id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel FROM redis.tables ORDER BY mapping_id"
+        );
+        assert!(ACTIVE_MAPPINGS_SQL.contains(CATALOG_COLUMNS));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! tests: every row of a synced table must be in Redis byte for byte, and no key of the table
 //! may exist without its row.
 
-use pg_redis_shared::mapping::{CatalogRow, ACTIVE_MAPPINGS_SQL};
+use pg_redis_shared::mapping::{CatalogColumns, CatalogRow, ACTIVE_MAPPINGS_SQL};
 use pg_redis_shared::{Encoded, TableMapping};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,21 +12,29 @@ pub fn mappings(pg: &mut postgres::Client) -> Vec<TableMapping> {
         .expect("reading redis.tables")
         .into_iter()
         .map(|r| {
-            TableMapping::try_from(CatalogRow {
-                id: r.get(0),
-                schema_name: r.get(1),
-                rel_name: r.get(2),
-                key_template: r.get(3),
-                key_types: r.get(4),
-                format: r.get(5),
-                ttl: r.get(6),
-                columns: r.get(7),
-                stream_key: r.get(8),
-                channel: r.get(9),
-            })
-            .expect("a valid mapping")
+            let row = CatalogRow::decode(&Columns(&r)).expect("catalog columns").expect("no NULL in NOT NULL columns");
+            TableMapping::try_from(row).expect("a valid mapping")
         })
         .collect()
+}
+
+/// A row of `postgres` as the shared decoder reads it.
+struct Columns<'a>(&'a postgres::Row);
+
+impl CatalogColumns for Columns<'_> {
+    type Error = postgres::Error;
+    fn int8(&self, i: usize) -> Result<Option<i64>, postgres::Error> {
+        self.0.try_get(i)
+    }
+    fn int4(&self, i: usize) -> Result<Option<i32>, postgres::Error> {
+        self.0.try_get(i)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, postgres::Error> {
+        self.0.try_get(i)
+    }
+    fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, postgres::Error> {
+        self.0.try_get(i)
+    }
 }
 
 pub fn mapping_of(pg: &mut postgres::Client, table: &str) -> TableMapping {

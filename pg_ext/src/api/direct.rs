@@ -4,7 +4,7 @@
 //! through [`send`], so each obeys the SQL command policy (see `privileges.rs`).
 
 use crate::api::privileges::authorize_redis_command;
-use crate::errors::{raise, raise_with, OrRaise};
+use crate::errors::{raise, OrRaise};
 use crate::redis_client::call;
 use pg_redis_shared::Error;
 use pgrx::prelude::*;
@@ -212,22 +212,12 @@ fn to_json(v: Value) -> Json {
 /// A JSON object as Redis field/value pairs (strings raw, other values as compact JSON).
 fn field_pairs(v: &Json, what: &str) -> Vec<String> {
     let Json::Object(map) = v else {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{what} must be a JSON object, e.g. '{{\"name\": \"ann\"}}'"),
-            None,
-        );
+        raise(Error::NotAJsonObject { what: what.to_owned() });
     };
     map.iter().flat_map(|(k, v)| [k.clone(), pg_redis_shared::encoding::hash_value(v)]).collect()
 }
 
 /// Redis values are bytes; SQL text must be valid UTF-8.
 fn utf8(bytes: Vec<u8>, what: &str) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|_| {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-            format!("the reply of {what} is not valid UTF-8, so it cannot be SQL text"),
-            Some("store text in Redis, or read binary values with another client"),
-        )
-    })
+    String::from_utf8(bytes).unwrap_or_else(|_| raise(Error::ReplyNotUtf8 { what: what.to_owned() }))
 }

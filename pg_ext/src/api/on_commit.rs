@@ -4,9 +4,9 @@
 //! or savepoint runs nothing. It obeys the SQL command policy like `redis.command`.
 
 use crate::api::privileges::{as_extension_owner, authorize_redis_command};
-use crate::capture::wake;
-use crate::errors::raise_with;
-use pgrx::pg_sys::panic::ErrorReportable;
+use crate::capture::{enqueue, wake};
+use crate::errors::raise;
+use pg_redis_shared::Error;
 use pgrx::prelude::*;
 
 /// Commands that would break the delivery connection (its database, protocol or transaction
@@ -52,35 +52,20 @@ fn on_commit(args: VariadicArray<&str>) {
     for (i, a) in args.iter().enumerate() {
         match a {
             Some(a) => command.push(a.to_owned()),
-            None => raise_with(
-                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                format!("argument {} of redis.on_commit is NULL; Redis commands take strings", i + 1),
-                None,
-            ),
+            None => raise(Error::NullCommandArgument { function: "redis.on_commit", position: i + 1 }),
         }
     }
     let Some(name) = command.first().map(|c| c.to_ascii_uppercase()) else {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "redis.on_commit needs a command, e.g. redis.on_commit('DEL', 'report:today')",
-            None,
-        );
+        raise(Error::NoCommand { function: "redis.on_commit" });
     };
     let blocking_read =
         matches!(name.as_str(), "XREAD" | "XREADGROUP") && command.iter().any(|a| a.eq_ignore_ascii_case("BLOCK"));
     if REFUSED.contains(&name.as_str()) || blocking_read {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("{name} cannot be queued with redis.on_commit: it would block or change the state of the delivery connection"),
-            Some("use redis.command() to run it now, on this session's own connection"),
-        );
+        raise(Error::NotQueueable { command: name });
     }
     // Checked now, not when delivered: the worker runs it with pg_redis's own Redis credentials,
     // and Redis may be down now (the check needs no Redis).
     authorize_redis_command("redis.on_commit", &command);
-    as_extension_owner(|| {
-        Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[command.into()])
-            .unwrap_or_report();
-    });
+    as_extension_owner(|| enqueue::command(command));
     wake::after_commit();
 }

@@ -16,10 +16,10 @@
 //! operation, and `search_path` is pinned to `pg_catalog` for statements that are not fully
 //! qualified.
 
-use crate::errors::raise_with;
+use crate::errors::raise;
 use crate::gucs;
 use pg_redis_shared::command_policy::{check_command, AllowList, CommandTable, Policy, ProtectedNames, Refusal};
-use pg_redis_shared::KeyTemplate;
+use pg_redis_shared::{Error, KeyTemplate};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -30,11 +30,7 @@ pub fn require_owner(oid: pg_sys::Oid, display: &str) {
     // SAFETY: reading the current user id.
     let owns = crate::pg::compat::owns_relation(oid, unsafe { pg_sys::GetUserId() });
     if !owns {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("must be owner of table {display} to sync it to Redis"),
-            None,
-        );
+        raise(Error::NotTableOwner { table: display.to_owned() });
     }
 }
 
@@ -50,11 +46,7 @@ pub fn extension_owner() -> pg_sys::Oid {
             pg_sys::get_relname_relid(c"outbox".as_ptr(), nsp)
         };
         if rel == pg_sys::InvalidOid {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "the pg_redis extension is not installed in this database",
-                Some("CREATE EXTENSION pg_redis"),
-            );
+            raise(Error::ExtensionNotInstalled);
         }
         let r = pg_sys::RelationIdGetRelation(rel);
         let owner = (*(*r).rd_rel).relowner;
@@ -127,13 +119,8 @@ pub fn authorize_redis_command<S: AsRef<str>>(function: &str, args: &[S]) {
     if policy == Policy::Unrestricted {
         return;
     }
-    let table = CommandTable::builtin().unwrap_or_else(|e| {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("pg_redis's table of Redis commands cannot be read: {e}"),
-            Some("reinstall pg_redis"),
-        )
-    });
+    let table =
+        CommandTable::builtin().unwrap_or_else(|e| raise(Error::CommandTableUnreadable { reason: e.to_string() }));
     let allowed = allow_list();
     let targets = check_command(table, args, policy, &allowed).unwrap_or_else(|r| refuse(function, r));
     if targets.is_empty() {
@@ -143,7 +130,7 @@ pub fn authorize_redis_command<S: AsRef<str>>(function: &str, args: &[S]) {
 }
 
 fn refuse(function: &str, r: Refusal) -> ! {
-    raise_with(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("{function}: {r}"), Some(&r.hint()))
+    raise(Error::CommandRefused { function: function.to_owned(), message: r.to_string(), hint: r.hint() })
 }
 
 thread_local! {

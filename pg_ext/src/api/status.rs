@@ -1,8 +1,9 @@
 //! Observability: the delivery worker of this database, and waiting for delivery.
 
 use crate::api::privileges::as_extension_owner_pinned;
-use crate::errors::raise_with;
+use crate::errors::raise;
 use crate::worker::registry;
+use pg_redis_shared::Error;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -42,11 +43,7 @@ fn worker_status(
 fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     // SAFETY: reading the transaction's isolation level.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
-            "redis.wait_synced() needs READ COMMITTED: a snapshot held for the whole transaction never sees the outbox drain",
-            Some("call it outside the REPEATABLE READ or SERIALIZABLE transaction"),
-        );
+        raise(Error::WaitNeedsReadCommitted);
     }
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(10_000).max(0) as u64);
     // This session's own committed writes since its last call: if the worker parked one of them,
@@ -97,11 +94,7 @@ fn count_of(what: &str, query: &str, args: &[pgrx::datum::DatumWithOid]) -> i64 
 }
 
 fn cannot_read(what: &str, why: impl std::fmt::Display) -> ! {
-    raise_with(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("redis.wait_synced cannot read {what} ({why}), so it cannot tell whether changes are still pending"),
-        Some("pg_redis's tables must stay as CREATE EXTENSION made them; recreate the extension if they were altered"),
-    )
+    raise(Error::WaitCannotRead { what: what.to_owned(), reason: why.to_string() })
 }
 
 /// Whether the outbox holds an event up to `last` that another transaction wrote (this one's

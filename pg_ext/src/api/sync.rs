@@ -6,11 +6,13 @@
 
 use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, require_owner, with_catalog_search_path};
 use crate::capture::canonical::with_canonical_settings;
-use crate::capture::wake;
-use crate::errors::{raise, raise_with, OrRaise};
+use crate::capture::{enqueue, wake};
+use crate::errors::{raise, OrRaise};
+use crate::worker::outbox::SpiCatalogRow;
 use pg_redis_shared::apply::mappings_changed_key;
-use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow};
-use pg_redis_shared::{Error, Format, KeyTemplate, TableMapping};
+use pg_redis_shared::key_type::KeyType;
+use pg_redis_shared::mapping::{check_unambiguous, default_stream_key, quote_ident, CatalogRow, CATALOG_COLUMNS};
+use pg_redis_shared::{Error, Format, KeyTemplate, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgRelation};
@@ -54,14 +56,7 @@ fn sync_table(
     for kc in template.columns() {
         let c = cols.iter().find(|c| c.name == kc).map(|c| (c.sql_type.clone(), c.not_null)).unwrap_or_default();
         if !c.1 {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "key column \"{kc}\" of table {} can be NULL, so some rows would have no Redis key",
-                    table.display
-                ),
-                Some("declare the column NOT NULL, or build the key from NOT NULL columns"),
-            );
+            raise(Error::NullableKeyColumn { column: kc.to_owned(), table: table.display.clone() });
         }
         key_types.push(c.0);
     }
@@ -119,7 +114,7 @@ fn sync_table(
         if let Ok((Some(old_id), Some(ref old_template))) = previous {
             if old_template.as_str() != mapping.key.as_str() {
                 // Keys of the old template would linger: delete them first, in order.
-                queue_row_event(old_id, 't');
+                queue_row_event(old_id, OutboxOp::Row(Op::Truncate));
             }
         }
         install_triggers(&table, id);
@@ -145,7 +140,7 @@ fn unsync_table(tbl: PgRelation, purge: default!(Option<bool>, "false")) {
         drop_triggers(&table);
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[id.into()]).unwrap_or_report();
         if purge.unwrap_or(false) {
-            queue_row_event(id, 't');
+            queue_row_event(id, OutboxOp::Row(Op::Truncate));
         }
         queue_mappings_changed(&current_database(), id);
     });
@@ -162,7 +157,7 @@ fn resync(tbl: PgRelation) -> i64 {
     lock(&table);
     let id = as_extension_owner_pinned(|| active_mapping_id(&table));
     let n = queue_rows(&table, id);
-    as_extension_owner_pinned(|| queue_row_event(id, 'S'));
+    as_extension_owner_pinned(|| queue_row_event(id, OutboxOp::Sweep));
     wake::after_commit();
     n
 }
@@ -172,11 +167,7 @@ fn resync(tbl: PgRelation) -> i64 {
 fn require_read_committed(what: &str) {
     // SAFETY: reading the transaction's isolation level.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
-            format!("{what} needs READ COMMITTED: under REPEATABLE READ or SERIALIZABLE its snapshot could miss rows committed while it waited for the table lock"),
-            Some("call it in a READ COMMITTED transaction"),
-        );
+        raise(Error::NeedsReadCommitted { what: what.to_owned() });
     }
 }
 
@@ -195,25 +186,13 @@ fn require_unique_key(t: &Table, template: &KeyTemplate) {
     .flatten()
     .unwrap_or(false);
     if !unique {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "the key columns ({}) of table {} are not unique, so two rows could share one Redis key",
-                cols.join(", "),
-                t.display
-            ),
-            Some("build the key from the primary key or from columns with a unique index"),
-        );
+        raise(Error::KeyNotUnique { columns: cols.join(", "), table: t.display.clone() });
     }
 }
 
 fn require_preloaded() {
     if !crate::preloaded() {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "pg_redis is not in shared_preload_libraries, so no background worker would deliver changes",
-            Some("add pg_redis to shared_preload_libraries in postgresql.conf and restart PostgreSQL"),
-        );
+        raise(Error::NotPreloaded);
     }
 }
 
@@ -249,19 +228,11 @@ impl Table {
                     b'c' => "a composite type",
                     _ => "not a table",
                 };
-                raise_with(
-                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                    format!("{display} is {what}; only tables (plain or partitioned) can be synced to Redis"),
-                    Some("sync the table(s) it reads from instead"),
-                );
+                raise(Error::NotATable { table: display, what });
             }
         }
         if persistence == b't' {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("{display} is a temporary table; its rows are private to one session and cannot be synced"),
-                None,
-            );
+            raise(Error::TemporaryTable { table: display });
         }
         require_owner(oid, &display);
         if persistence == b'u' {
@@ -285,7 +256,7 @@ fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
     with_catalog_search_path(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT a.attname::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull \
+                "SELECT a.attname::text, quote_ident(n.nspname), quote_ident(t.typname), a.attnotnull \
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 None,
@@ -294,8 +265,12 @@ fn table_columns(oid: pg_sys::Oid) -> Vec<Column> {
             .unwrap_or_report()
             .map(|r| Column {
                 name: r.get(1).ok().flatten().unwrap_or_default(),
-                sql_type: r.get(2).ok().flatten().unwrap_or_default(),
-                not_null: r.get(3).ok().flatten().unwrap_or(false),
+                sql_type: KeyType::new(
+                    &r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    &r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                )
+                .to_string(),
+                not_null: r.get(4).ok().flatten().unwrap_or(false),
             })
             .collect()
         })
@@ -318,11 +293,7 @@ fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
         })
     });
     if cols.is_empty() {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("table {display} has no primary key, so pg_redis cannot tell which key a row belongs to"),
-            Some("add a primary key, or name the key columns: redis.sync_table('t', key => 't:{col}')"),
-        );
+        raise(Error::NoPrimaryKey { table: display.to_owned() });
     }
     cols
 }
@@ -330,26 +301,12 @@ fn primary_key(oid: pg_sys::Oid, display: &str) -> Vec<String> {
 fn check_against_other_mappings(new: &TableMapping, oid: pg_sys::Oid) {
     let mut all: Vec<TableMapping> = Spi::connect(|c| {
         c.select(
-            "SELECT mapping_id, schema_name::text, rel_name::text, key_template, key_types, format, ttl, columns, stream_key, channel FROM redis.tables WHERE table_name::oid <> $1",
+            &format!("SELECT {CATALOG_COLUMNS} FROM redis.tables WHERE table_name::oid <> $1"),
             None,
             &[oid.into()],
         )
         .unwrap_or_report()
-        .filter_map(|r| {
-            TableMapping::try_from(CatalogRow {
-                id: r.get(1).ok().flatten()?,
-                schema_name: r.get(2).ok().flatten()?,
-                rel_name: r.get(3).ok().flatten()?,
-                key_template: r.get(4).ok().flatten()?,
-                key_types: r.get(5).ok().flatten()?,
-                format: r.get(6).ok().flatten()?,
-                ttl: r.get(7).ok().flatten(),
-                columns: r.get(8).ok().flatten(),
-                stream_key: r.get(9).ok().flatten(),
-                channel: r.get(10).ok().flatten(),
-            })
-            .ok()
-        })
+        .filter_map(|r| TableMapping::try_from(CatalogRow::decode(&SpiCatalogRow(&r)).ok().flatten()?).ok())
         .collect()
     });
     all.push(new.clone());
@@ -521,11 +478,7 @@ pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
         }
         let renamed = crate::ddl::renames::rename_in_template(&template, old, new);
         if let Err(e) = KeyTemplate::parse(&renamed) {
-            raise_with(
-                PgSqlErrorCode::ERRCODE_INVALID_NAME,
-                format!("column \"{old}\" is part of the Redis key, and the key template would not work with the name \"{new}\": {e}"),
-                Some("choose a column name without '{' or '}'"),
-            );
+            raise(Error::KeyColumnRename { old: old.to_owned(), new: new.to_owned(), reason: e.to_string() });
         }
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[old_id.into()])
             .unwrap_or_report();
@@ -554,26 +507,18 @@ fn active_mapping_id(t: &Table) -> i64 {
         &[t.oid.into()],
     ) {
         Ok(Some(id)) => id,
-        _ => raise_with(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("table {} is not synced to Redis", t.display),
-            Some("start with SELECT redis.sync_table(...)"),
-        ),
+        _ => raise(Error::NotSynced { table: t.display.clone() }),
     }
 }
 
-fn queue_row_event(mapping_id: i64, op: char) {
-    Spi::run_with_args(
-        "INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")",
-        &[mapping_id.into(), op.to_string().into()],
-    )
-    .unwrap_or_report();
+fn queue_row_event(mapping_id: i64, op: OutboxOp) {
+    enqueue::table_event(mapping_id, op);
 }
 
 /// Tells readers of the mappings (the Redis module) to reload them, in order with the changes.
 fn queue_mappings_changed(database: &str, mapping_id: i64) {
     let cmd = vec!["SET".to_string(), mappings_changed_key(database), mapping_id.to_string()];
-    Spi::run_with_args("INSERT INTO redis.outbox (op, command) VALUES ('x', $1)", &[cmd.into()]).unwrap_or_report();
+    enqueue::command(cmd);
 }
 
 /// Queues a read event for every row, partition by partition, in chunks bounded by rows and by
@@ -599,7 +544,7 @@ fn queue_rows(t: &Table, mapping_id: i64) -> i64 {
     let estimate: i64 = leaves.iter().map(|l| l.1).sum::<i64>().max(1);
     let mut progress = Progress { table: &t.display, estimate, total: 0, last_notice: std::time::Instant::now() };
     for (leaf, _) in &leaves {
-        queue_leaf(leaf, mapping_id, 'r', &mut |n| progress.add(n));
+        queue_leaf(leaf, mapping_id, Op::Read, &mut |n| progress.add(n));
     }
     notice!("pg_redis: backfill of {}: {} rows queued for Redis", t.display, progress.total);
     progress.total
@@ -628,9 +573,9 @@ impl Progress<'_> {
 const BACKFILL_FETCH: i64 = 1000;
 const BACKFILL_CHUNK_ROWS: usize = 50_000;
 
-/// Queues `op` for every row of one leaf table: 'r' (a read, the row as `new_row`) or 'd' (the
+/// Queues `op` for every row of one leaf table: a read (the row as `new_row`) or a delete (the
 /// row leaves the synced table, as `old_row`). `on_chunk` hears how many rows each chunk held.
-pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut dyn FnMut(i64)) {
+pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: Op, on_chunk: &mut dyn FnMut(i64)) {
     // Also reached from DDL on synced tables (partitions joining or leaving, renames).
     require_read_committed("reading the rows of a synced table (sync_table, resync, or DDL that moves rows in or out)");
     let budget = crate::gucs::batch_max_bytes();
@@ -699,7 +644,7 @@ pub(crate) fn queue_leaf(leaf: &str, mapping_id: i64, op: char, on_chunk: &mut d
 fn insert_chunk(
     client: &mut spi::SpiClient,
     mapping_id: i64,
-    op: char,
+    op: Op,
     chunk: &[pg_sys::Datum],
     chunk_cx: &PgMemoryContexts,
 ) {
@@ -718,9 +663,5 @@ fn insert_chunk(
         pg_sys::MemoryContextSwitchTo(old);
         pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(a), pg_sys::JSONBARRAYOID)
     };
-    let column = if op == 'd' { "old_row" } else { "new_row" };
-    let insert = format!("INSERT INTO redis.outbox (mapping_id, op, {column}) SELECT $1, $3::pg_catalog.\"char\", x FROM pg_catalog.unnest($2::pg_catalog.jsonb[]) AS x");
-    as_extension_owner(|| {
-        client.update(insert.as_str(), None, &[mapping_id.into(), array, op.to_string().into()]).unwrap_or_report();
-    });
+    as_extension_owner(|| enqueue::rows(client, mapping_id, op, array));
 }

@@ -2,5 +2,6 @@
 //! worker is woken when that transaction commits.
 
 pub mod canonical;
+pub mod enqueue;
 pub mod trigger;
 pub mod wake;

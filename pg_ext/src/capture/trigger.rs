@@ -11,21 +11,17 @@
 
 use crate::api::privileges::as_extension_owner;
 use crate::capture::canonical::with_canonical_settings;
-use crate::capture::wake;
-use crate::errors::raise_with;
+use crate::capture::{enqueue, wake};
+use crate::errors::raise;
+use pg_redis_shared::{Error, Op, OutboxOp};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-const INSERT_SQL: &str =
-    "INSERT INTO redis.outbox (mapping_id, op, old_row, new_row) VALUES ($1, $2::pg_catalog.\"char\", $3, $4)";
-
 thread_local! {
-    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     /// What the trigger needs of each mapping version, by (trigger oid, mapping id): versions
     /// never change, and a recreated extension has new triggers.
     static MAPPINGS: RefCell<HashMap<(u32, i64), Rc<Watch>>> = RefCell::new(HashMap::new());
@@ -57,8 +53,8 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
     let (tupdesc, relid, rowtype) =
         unsafe { ((*td.tg_relation).rd_att, (*td.tg_relation).rd_id, (*(*td.tg_relation).rd_rel).reltype) };
     let (op, old, new) = match event {
-        pg_sys::TRIGGER_EVENT_INSERT => ('c', None, Some(td.tg_trigtuple)),
-        pg_sys::TRIGGER_EVENT_DELETE => ('d', Some(td.tg_trigtuple), None),
+        pg_sys::TRIGGER_EVENT_INSERT => (OutboxOp::Row(Op::Create), None, Some(td.tg_trigtuple)),
+        pg_sys::TRIGGER_EVENT_DELETE => (OutboxOp::Row(Op::Delete), Some(td.tg_trigtuple), None),
         pg_sys::TRIGGER_EVENT_UPDATE => {
             let w = watch(tg.tgoid, mapping_id);
             let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
@@ -68,7 +64,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
             }
             // SAFETY: as above.
             let keep_old = w.needs_before || unsafe { columns_changed(Some(&w.key_columns), old, new, tupdesc) };
-            ('u', keep_old.then_some(old), Some(new))
+            (OutboxOp::Row(Op::Update), keep_old.then_some(old), Some(new))
         }
         pg_sys::TRIGGER_EVENT_TRUNCATE => {
             // A partition alone: its keys go, the other partitions' stay (a sweep, not a purge).
@@ -79,7 +75,7 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
             if !first_truncate_of_statement(mapping_id, whole) {
                 return Ok(None);
             }
-            (if whole { 't' } else { 'S' }, None, None)
+            (if whole { OutboxOp::Row(Op::Truncate) } else { OutboxOp::Sweep }, None, None)
         }
         _ => return Ok(None),
     };
@@ -89,31 +85,8 @@ fn capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Allo
         _ => DatumWithOid::null_oid(pg_sys::JSONBOID),
     };
     let (old, new) = with_canonical_settings(|| (jsonb(old), jsonb(new)));
-    let args = [mapping_id.into(), op.to_string().into(), old, new];
-    as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            INSERT_PLAN.with_borrow_mut(|plan| {
-                if plan.is_none() {
-                    let p = client
-                        .prepare_mut(
-                            INSERT_SQL,
-                            &[
-                                pg_sys::INT8OID.into(),
-                                pg_sys::TEXTOID.into(),
-                                pg_sys::JSONBOID.into(),
-                                pg_sys::JSONBOID.into(),
-                            ],
-                        )
-                        .unwrap_or_report();
-                    *plan = Some(p.keep());
-                }
-                if let Some(p) = plan.as_ref() {
-                    client.update(p, None, &args).unwrap_or_report();
-                }
-            })
-        })
-    });
-    if matches!(op, 't' | 'S') {
+    as_extension_owner(|| enqueue::row_change(mapping_id, op, old, new));
+    if matches!(op, OutboxOp::Row(Op::Truncate) | OutboxOp::Sweep) {
         truncate_queued();
     }
     wake::after_commit();
@@ -212,13 +185,7 @@ fn mapping_id_arg(t: &pg_sys::Trigger) -> i64 {
     } else {
         None
     };
-    arg.unwrap_or_else(|| {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "redis.capture() must be installed by redis.sync_table(), which passes the mapping id",
-            Some("call SELECT redis.sync_table('your_table') instead of creating the trigger by hand"),
-        )
-    })
+    arg.unwrap_or_else(|| raise(Error::TriggerWithoutMapping))
 }
 
 /// What the trigger needs of a mapping version (cached).
@@ -247,11 +214,7 @@ fn watch(tgoid: pg_sys::Oid, mapping_id: i64) -> Rc<Watch> {
         })
     });
     let Some((columns, key_columns, needs_before, table)) = row else {
-        raise_with(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            format!("mapping {mapping_id} of this capture trigger no longer exists"),
-            Some("call redis.sync_table() again for this table, or redis.unsync_table() to drop its triggers"),
-        );
+        raise(Error::TriggerMappingGone { mapping_id });
     };
     let w = Rc::new(Watch {
         columns: columns.map(|mut c| {

@@ -20,6 +20,7 @@ use crate::api::privileges::{as_extension_owner_pinned, with_catalog_search_path
 use crate::api::sync::{drop_triggers_in_tree, install_truncate_triggers};
 use crate::capture::wake;
 use crate::ddl::RelName;
+use pg_redis_shared::Op;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
@@ -83,7 +84,7 @@ pub fn before_drop(names: &[RelName]) {
                 pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as i32);
             }
         }
-        queue_tree(rel, mapping_id, 'd');
+        queue_tree(rel, mapping_id, Op::Delete);
     }
 }
 
@@ -100,7 +101,7 @@ pub fn after_add(partition: &RelName, backfill: bool) {
         install_truncate_triggers(rel, mapping_id);
     });
     if backfill {
-        queue_tree(rel, mapping_id, 'r');
+        queue_tree(rel, mapping_id, Op::Read);
     }
     wake::after_commit();
 }
@@ -116,16 +117,16 @@ pub fn after_detach(parent: &RelName, partition: &RelName, concurrent: bool) {
         // SAFETY: a lock in the statement's transaction.
         unsafe { pg_sys::LockRelationOid(rel, pg_sys::ShareLock as i32) };
     }
-    queue_tree(rel, mapping_id, 'd');
+    queue_tree(rel, mapping_id, Op::Delete);
     as_extension_owner_pinned(|| drop_triggers_in_tree(rel));
     wake::after_commit();
 }
 
-/// Queues `op` ('r': new_row, 'd': old_row) for every row of the leaves of `rel`, through the
+/// Queues `op` (a read: new_row, a delete: old_row) for every row of the leaves of `rel`, through the
 /// backfill's own reader: rows are read as the user running the DDL (who owns the table),
 /// under the canonical settings, in chunks bounded by bytes; only the finished values are
 /// written to the outbox, as the extension's owner.
-fn queue_tree(rel: pg_sys::Oid, mapping_id: i64, op: char) -> i64 {
+fn queue_tree(rel: pg_sys::Oid, mapping_id: i64, op: Op) -> i64 {
     let leaves: Vec<String> = as_extension_owner_pinned(|| {
         Spi::connect(|c| {
             c.select(

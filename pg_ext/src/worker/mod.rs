@@ -9,16 +9,15 @@
 //! keep flowing. Events that can never apply (a key column is NULL, Redis rejects a queued
 //! command for good) move to `redis.dead_letter` with the reason.
 
-pub mod backoff;
 pub mod outbox;
 pub mod redis_sink;
 pub mod registry;
 
 use crate::gucs;
 use crate::redis_client;
-use backoff::Backoff;
 use outbox::{Event, Kind, Scope};
 use pg_redis_shared::apply::{self, ApplyContext, CapturedChange, Step};
+use pg_redis_shared::backoff::Backoff;
 use pg_redis_shared::TableMapping;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReportable};
@@ -263,7 +262,8 @@ impl Worker {
                         return Exit::Done;
                     }
                     // An ERROR in the delivery transaction (logged): back off as for Redis.
-                    let wait = self.backoff.fail(ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+                    let wait =
+                        self.backoff.fail(Instant::now(), ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
                     registry::set_state(self.dboid, WorkerState::Backoff, None);
                     wait
                 }
@@ -295,12 +295,14 @@ impl Worker {
     }
 
     fn next_stuck_retry(&self) -> Option<Duration> {
-        self.stuck.values().map(Backoff::remaining).filter(|d| !d.is_zero()).min()
+        let now = Instant::now();
+        self.stuck.values().map(|b| b.remaining(now)).filter(|d| !d.is_zero()).min()
     }
 
     /// Mapping ids whose table is waiting to retry (0 stands for queued commands).
     fn excluded(&self) -> Vec<i64> {
-        let waiting: HashSet<Scope> = self.stuck.iter().filter(|(_, b)| b.waiting()).map(|(s, _)| *s).collect();
+        let now = Instant::now();
+        let waiting: HashSet<Scope> = self.stuck.iter().filter(|(_, b)| b.waiting(now)).map(|(s, _)| *s).collect();
         let mut ids: Vec<i64> = self
             .mappings
             .iter()
@@ -334,13 +336,14 @@ impl Worker {
                 c.fence()?;
                 Ok(&mut c.conn)
             }
-            None => Err(pg_redis_shared::Error::Unavailable { server: "Redis", reason: "no connection".into() }),
+            None => Err(pg_redis_shared::Error::not_connected("Redis")),
         }
     }
 
     fn drain_once(&mut self) -> Option<Drained> {
-        if self.backoff.waiting() {
-            return Some(Drained::Failed(self.backoff.remaining()));
+        let left = self.backoff.remaining(Instant::now());
+        if !left.is_zero() {
+            return Some(Drained::Failed(left));
         }
         let limit = gucs::BATCH_SIZE.get() as i64;
         let this = AssertUnwindSafe(&mut *self);
@@ -461,12 +464,12 @@ impl Worker {
     }
 
     fn waiting(&self, scope: Scope) -> bool {
-        self.stuck.get(&scope).is_some_and(Backoff::waiting)
+        self.stuck.get(&scope).is_some_and(|b| b.waiting(Instant::now()))
     }
 
     /// Redis failed as a whole (connection, timeout): nothing of `events` was acknowledged.
     fn failed(&mut self, events: &[Event], e: pg_redis_shared::Error) -> Drained {
-        let wait = self.backoff.fail(ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+        let wait = self.backoff.fail(Instant::now(), ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
         let msg = e.to_string();
         let scopes: HashSet<Scope> = events.iter().map(|ev| self.scope_of(ev)).collect();
         for s in scopes {
@@ -563,9 +566,9 @@ impl Worker {
             outbox::record_error(*scope, err);
             log!("pg_redis: {err}");
         }
-        let (min, max) = (ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
+        let (min, max, now) = (ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()), Instant::now());
         for scope in &stuck_now {
-            self.stuck.entry(*scope).or_default().fail(min, max);
+            self.stuck.entry(*scope).or_default().fail(now, min, max);
         }
         self.stuck.retain(|s, _| stuck_now.contains(s) || !delivered.contains_key(s));
         if let Some(err) = errors.values().next() {

@@ -2,8 +2,8 @@
 //! seen" cursor), delete what Redis acknowledged, park what it refused for good, keep the
 //! delivery bookkeeping, load mapping versions. Runs inside the worker's transaction.
 
-use pg_redis_shared::mapping::CatalogRow;
-use pg_redis_shared::{Op, TableMapping};
+use pg_redis_shared::mapping::{CatalogColumns, CatalogRow, CATALOG_COLUMNS};
+use pg_redis_shared::{Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
@@ -34,10 +34,11 @@ pub enum Kind {
 
 impl Kind {
     fn from_code(c: char) -> Kind {
-        match c {
-            'S' => Kind::Sweep,
-            'x' => Kind::Command,
-            c => Op::from_code(c).map(Kind::Row).unwrap_or(Kind::Unknown(c)),
+        match OutboxOp::from_code(c) {
+            Some(OutboxOp::Row(op)) => Kind::Row(op),
+            Some(OutboxOp::Sweep) => Kind::Sweep,
+            Some(OutboxOp::Command) => Kind::Command,
+            None => Kind::Unknown(c),
         }
     }
 }
@@ -173,38 +174,46 @@ pub fn record_error(scope: Scope, error: &str) {
     .unwrap_or_report();
 }
 
+/// A row of an SPI result as [`CatalogColumns`] (SPI numbers columns from 1).
+pub struct SpiCatalogRow<'a, 'conn>(pub &'a spi::SpiHeapTupleData<'conn>);
+
+impl CatalogColumns for SpiCatalogRow<'_, '_> {
+    type Error = spi::SpiError;
+    fn int8(&self, i: usize) -> spi::SpiResult<Option<i64>> {
+        self.0.get(i + 1)
+    }
+    fn int4(&self, i: usize) -> spi::SpiResult<Option<i32>> {
+        self.0.get(i + 1)
+    }
+    fn text(&self, i: usize) -> spi::SpiResult<Option<String>> {
+        self.0.get(i + 1)
+    }
+    fn text_array(&self, i: usize) -> spi::SpiResult<Option<Vec<String>>> {
+        self.0.get(i + 1)
+    }
+}
+
+/// Mapping versions by id, with the oid of their table: the catalog columns, then the oid.
+/// Current names (renamed tables); a dropped table keeps the names it had when synced (its
+/// queued changes and the purge of its keys still apply).
+fn mapping_versions_sql() -> String {
+    format!(
+        "SELECT {CATALOG_COLUMNS}, table_oid FROM (\
+         SELECT m.id AS mapping_id, coalesce(n.nspname, m.schema_name) AS schema_name, coalesce(c.relname, m.rel_name) AS rel_name, \
+                m.key_template, m.key_types, m.format, m.ttl, m.columns, m.stream_key, m.channel, m.table_name::oid AS table_oid \
+           FROM redis.mapping m LEFT JOIN pg_class c ON c.oid = m.table_name LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE m.id = ANY($1)) AS m"
+    )
+}
+
 /// Mapping versions by id, with the oid of their table.
 pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
     Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT m.id, coalesce(n.nspname, m.schema_name)::text, coalesce(c.relname, m.rel_name)::text, m.key_template, m.key_types, m.format, m.ttl, m.columns, m.stream_key, m.channel, m.table_name::oid \
-                 FROM redis.mapping m LEFT JOIN pg_class c ON c.oid = m.table_name LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE m.id = ANY($1)",
-                None,
-                &[ids.to_vec().into()],
-            )
-            .unwrap_or_report();
+        let rows = client.select(&mapping_versions_sql(), None, &[ids.to_vec().into()]).unwrap_or_report();
         let mut out = Vec::new();
         for r in rows {
-            // Current names (renamed tables); a dropped table keeps the names it had when synced
-            // (its queued changes and the purge of its keys still apply).
-            let (Some(schema_name), Some(rel_name)) =
-                (r.get::<String>(2).unwrap_or_report(), r.get::<String>(3).unwrap_or_report())
-            else {
+            let Some(row) = CatalogRow::decode(&SpiCatalogRow(&r)).unwrap_or_report() else {
                 continue;
-            };
-            let row = CatalogRow {
-                id: r.get(1).unwrap_or_report().unwrap_or_default(),
-                schema_name,
-                rel_name,
-                key_template: r.get(4).unwrap_or_report().unwrap_or_default(),
-                key_types: r.get(5).unwrap_or_report().unwrap_or_default(),
-                format: r.get(6).unwrap_or_report().unwrap_or_default(),
-                ttl: r.get(7).unwrap_or_report(),
-                columns: r.get(8).unwrap_or_report(),
-                stream_key: r.get(9).unwrap_or_report(),
-                channel: r.get(10).unwrap_or_report(),
             };
             let oid: pg_sys::Oid = r.get(11).unwrap_or_report().unwrap_or(pg_sys::InvalidOid);
             match TableMapping::try_from(row) {

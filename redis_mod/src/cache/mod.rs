@@ -25,12 +25,12 @@ pub use leases::{
     revoke_unconditionally, take_lease, wait_for, Miss,
 };
 
-use pg_redis_shared::apply::{REVOKE_KEY, REVOKE_PREFIX_KEY};
+use pg_redis_shared::apply::{MAPPINGS_CHANGED_PREFIX, RESERVED_PREFIX, REVOKE_KEY, REVOKE_PREFIX_KEY};
 use redis_module::Context;
 
 /// Keyspace events: any change of a key revokes; the worker's revoke signals name their keys.
 pub fn on_keyspace_event(ctx: &Context, key: &[u8]) {
-    if key.starts_with(b"pg_redis:") {
+    if key.starts_with(RESERVED_PREFIX.as_bytes()) {
         if key == REVOKE_KEY.as_bytes() || key == REVOKE_PREFIX_KEY.as_bytes() {
             let target = read_string(ctx, key);
             if let Some(t) = target {
@@ -40,7 +40,7 @@ pub fn on_keyspace_event(ctx: &Context, key: &[u8]) {
                     revoke_prefix(&t);
                 }
             }
-        } else if key.starts_with(pg_redis_shared::apply::mappings_changed_key("").as_bytes()) {
+        } else if key.starts_with(MAPPINGS_CHANGED_PREFIX.as_bytes()) {
             crate::mappings::request_reload();
         }
         return;

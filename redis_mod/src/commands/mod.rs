@@ -137,20 +137,12 @@ pub fn key_text(key: &[u8]) -> Result<&str, RedisError> {
 /// Fails fast on key values that cannot be of the column's type (no PostgreSQL round trip).
 pub fn check_key_values(mapping: &TableMapping, key: &str, values: &[String]) -> Result<(), Error> {
     for ((col, ty), v) in mapping.key.columns().zip(&mapping.key_types).zip(values) {
-        // Types are stored schema-qualified (pg_catalog.int8).
-        let short = ty.strip_prefix("pg_catalog.").unwrap_or(ty);
-        let ok = match short {
-            "int2" | "smallint" => v.parse::<i16>().is_ok(),
-            "int4" | "integer" => v.parse::<i32>().is_ok(),
-            "int8" | "bigint" => v.parse::<i64>().is_ok(),
-            "uuid" => v.len() == 36 && v.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
-            _ => true,
-        };
-        if !ok {
+        let ty = pg_redis_shared::key_type::KeyType::parse(ty);
+        if !ty.accepts(v) {
             return Err(Error::KeyMismatch {
                 key: key.to_owned(),
                 template: mapping.key.to_string(),
-                reason: format!("\"{v}\" is not a valid {short} for column {col}"),
+                reason: format!("\"{v}\" is not a valid {} for column {col}", ty.short_name()),
             });
         }
     }
@@ -160,7 +152,7 @@ pub fn check_key_values(mapping: &TableMapping, key: &str, values: &[String]) ->
 /// A table the mappings name is gone under that name (renamed, or dropped): reload them, so the
 /// next read uses the current name.
 pub fn renamed_table(e: &Error) {
-    if matches!(e, Error::Remote { message, .. } if message.contains("(42P01)")) {
+    if e.is_undefined_table() {
         crate::mappings::request_reload();
     }
 }
