@@ -7,7 +7,7 @@
 use crate::guard;
 use crate::pool::Session;
 use pg_redis_shared::backoff::Backoff;
-use pg_redis_shared::mapping::{CatalogColumns, CatalogRow, ACTIVE_MAPPINGS_SQL};
+use pg_redis_shared::mapping::{CatalogRow, ACTIVE_MAPPINGS_SQL};
 use pg_redis_shared::{Error, MappingSet, TableMapping};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -65,25 +65,6 @@ pub fn request_reload() {
 static LOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 static INSTALLED_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A row of `postgres` as [`CatalogColumns`].
-struct PgCatalogRow<'a>(&'a postgres::Row);
-
-impl CatalogColumns for PgCatalogRow<'_> {
-    type Error = postgres::Error;
-    fn int8(&self, i: usize) -> Result<Option<i64>, postgres::Error> {
-        self.0.try_get(i)
-    }
-    fn int4(&self, i: usize) -> Result<Option<i32>, postgres::Error> {
-        self.0.try_get(i)
-    }
-    fn text(&self, i: usize) -> Result<Option<String>, postgres::Error> {
-        self.0.try_get(i)
-    }
-    fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, postgres::Error> {
-        self.0.try_get(i)
-    }
-}
-
 /// Loads the mappings now on `session` and installs them.
 pub fn load_with(session: &mut Session) -> Result<usize, Error> {
     let seq = LOAD_SEQ.fetch_add(1, Ordering::AcqRel) + 1;
@@ -97,7 +78,7 @@ pub fn load_with(session: &mut Session) -> Result<usize, Error> {
     let mut mappings = Vec::with_capacity(rows.len());
     for r in rows {
         // The catalog's constraints rule both failures out; a row that breaks them is skipped.
-        let row = match CatalogRow::decode(&PgCatalogRow(&r)) {
+        let row = match CatalogRow::decode(&r) {
             Ok(Some(row)) => row,
             Ok(None) => {
                 guard::log_warning("ignoring a mapping: a column that cannot be NULL is NULL");

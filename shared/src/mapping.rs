@@ -133,6 +133,24 @@ pub trait CatalogColumns {
     fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, Self::Error>;
 }
 
+/// Rows read with the `postgres` client (the module's pool, the test checker).
+#[cfg(feature = "postgres-rows")]
+impl CatalogColumns for postgres::Row {
+    type Error = postgres::Error;
+    fn int8(&self, i: usize) -> Result<Option<i64>, postgres::Error> {
+        self.try_get(i)
+    }
+    fn int4(&self, i: usize) -> Result<Option<i32>, postgres::Error> {
+        self.try_get(i)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, postgres::Error> {
+        self.try_get(i)
+    }
+    fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, postgres::Error> {
+        self.try_get(i)
+    }
+}
+
 impl CatalogRow {
     /// The row selected with [`CATALOG_COLUMNS`]; `None` when a column that is never NULL in
     /// the catalog is NULL (such a row cannot be used).

@@ -2,7 +2,7 @@
 //! tests: every row of a synced table must be in Redis byte for byte, and no key of the table
 //! may exist without its row.
 
-use pg_redis_shared::mapping::{CatalogColumns, CatalogRow, ACTIVE_MAPPINGS_SQL};
+use pg_redis_shared::mapping::{CatalogRow, ACTIVE_MAPPINGS_SQL};
 use pg_redis_shared::{Encoded, TableMapping};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,29 +12,10 @@ pub fn mappings(pg: &mut postgres::Client) -> Vec<TableMapping> {
         .expect("reading redis.tables")
         .into_iter()
         .map(|r| {
-            let row = CatalogRow::decode(&Columns(&r)).expect("catalog columns").expect("no NULL in NOT NULL columns");
+            let row = CatalogRow::decode(&r).expect("catalog columns").expect("no NULL in NOT NULL columns");
             TableMapping::try_from(row).expect("a valid mapping")
         })
         .collect()
-}
-
-/// A row of `postgres` as the shared decoder reads it.
-struct Columns<'a>(&'a postgres::Row);
-
-impl CatalogColumns for Columns<'_> {
-    type Error = postgres::Error;
-    fn int8(&self, i: usize) -> Result<Option<i64>, postgres::Error> {
-        self.0.try_get(i)
-    }
-    fn int4(&self, i: usize) -> Result<Option<i32>, postgres::Error> {
-        self.0.try_get(i)
-    }
-    fn text(&self, i: usize) -> Result<Option<String>, postgres::Error> {
-        self.0.try_get(i)
-    }
-    fn text_array(&self, i: usize) -> Result<Option<Vec<String>>, postgres::Error> {
-        self.0.try_get(i)
-    }
 }
 
 pub fn mapping_of(pg: &mut postgres::Client, table: &str) -> TableMapping {
