@@ -141,8 +141,8 @@ pub fn write_value(mapping: &TableMapping, key: &str, stored: &Row, cmds: &mut V
             cmds.push(c);
         }
         Encoded::Hash(fields) => {
-            // Replace every field at once: a reader never sees a mix of two versions.
-            cmds.push(vec!["MULTI".into()]);
+            // Every field is replaced at once (a reader never sees a mix of two versions): the
+            // delivery sends a table's commands as one MULTI/EXEC, so these need none of their own.
             cmds.push(vec!["DEL".into(), key.to_owned()]);
             if !fields.is_empty() {
                 let mut c = Vec::with_capacity(2 + 2 * fields.len());
@@ -156,7 +156,6 @@ pub fn write_value(mapping: &TableMapping, key: &str, stored: &Row, cmds: &mut V
                     cmds.push(vec!["EXPIRE".into(), key.to_owned(), t]);
                 }
             }
-            cmds.push(vec!["EXEC".into()]);
         }
     }
 }
@@ -292,13 +291,7 @@ mod tests {
             plan(&m, &change(Op::Update, Some(r#"{"id": 1}"#), Some(r#"{"id": 1, "n": null, "x": 2}"#)), &CTX).unwrap();
         assert_eq!(
             cmds(&up),
-            vec![
-                s(&["MULTI"]),
-                s(&["DEL", "users:1"]),
-                s(&["HSET", "users:1", "id", "1", "x", "2"]),
-                s(&["EXPIRE", "users:1", "60"]),
-                s(&["EXEC"])
-            ]
+            vec![s(&["DEL", "users:1"]), s(&["HSET", "users:1", "id", "1", "x", "2"]), s(&["EXPIRE", "users:1", "60"])]
         );
         let t = plan(&m, &change(Op::Truncate, None, None), &CTX).unwrap();
         assert_eq!(cmds(&t), vec![s(&["SET", REVOKE_PREFIX_KEY, "users:"]), s(&["<purge>", "users:*"])]);

@@ -356,3 +356,29 @@ fn the_documented_redis_acl_users_work() {
     assert_eq!(code, "38000");
     assert!(msg.to_lowercase().contains("noperm"), "{msg}");
 }
+
+/// What runs as the extension's owner names every type and function with its schema: a role
+/// that may queue commands cannot slip its own code in through a temporary type or function
+/// that shadows a built-in one.
+#[test]
+fn queueing_a_command_never_runs_the_callers_code_as_the_extension_owner() {
+    let mut env = setup("priv_shadow");
+    let mut app = connect(&env, "app");
+    ok(
+        &mut app,
+        "CREATE FUNCTION pg_temp.escalate(text) RETURNS bool LANGUAGE plpgsql AS $$
+           BEGIN
+             IF current_user <> 'app' THEN EXECUTE 'ALTER ROLE app SUPERUSER'; END IF;
+             RETURN true;
+           END $$;
+         CREATE DOMAIN pg_temp.\"char\" AS text CHECK (pg_temp.escalate(VALUE));
+         CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (pg_temp.escalate(VALUE));
+         CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (pg_temp.escalate(VALUE::pg_catalog.text));",
+    );
+    let _ = app.batch_execute("SELECT redis.on_commit('SET', 'k', 'v')");
+    let _ = app.batch_execute("SELECT redis.wait_synced(1)");
+    let superuser: bool = env.pg.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[]).unwrap().get(0);
+    assert!(!superuser, "a role's temporary type ran as the extension's owner");
+    env.wait_synced();
+    assert_eq!(env.get("k").as_deref(), Some("v"), "the command itself was queued and ran");
+}

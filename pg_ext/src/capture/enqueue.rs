@@ -47,7 +47,7 @@ pub fn row_change(mapping_id: i64, op: OutboxOp, old: DatumWithOid, new: DatumWi
 /// An event about a whole table (a purge or a sweep of its keys): no row.
 pub fn table_event(mapping_id: i64, op: OutboxOp) {
     Spi::run_with_args(
-        "INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::\"char\")",
+        "INSERT INTO redis.outbox (mapping_id, op) VALUES ($1, $2::pg_catalog.\"char\")",
         &[mapping_id.into(), op.code().to_string().into()],
     )
     .unwrap_or_report();
@@ -56,7 +56,7 @@ pub fn table_event(mapping_id: i64, op: OutboxOp) {
 /// A Redis command, sent by the worker after the transaction commits.
 pub fn command(command: Vec<String>) {
     Spi::run_with_args(
-        "INSERT INTO redis.outbox (op, command) VALUES ($1::\"char\", $2)",
+        "INSERT INTO redis.outbox (op, command) VALUES ($1::pg_catalog.\"char\", $2)",
         &[OutboxOp::Command.code().to_string().into(), command.into()],
     )
     .unwrap_or_report();

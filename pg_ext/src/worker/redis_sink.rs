@@ -227,7 +227,8 @@ pub fn apply(
     for (i, p) in planned.iter().enumerate() {
         for step in &p.steps {
             if failed.contains(&p.scope) {
-                if let Some(o) = outcomes.get_mut(i) {
+                // Its own refusal, if it had one, is the better reason to report.
+                if let Some(o @ Outcome::Applied) = outcomes.get_mut(i) {
                     *o = Outcome::NotRun("an earlier change of the same scope was not applied".into());
                 }
                 break;
@@ -236,13 +237,19 @@ pub fn apply(
                 Step::Commands(cmds) => batch.add(i, p.scope, cmds),
                 Step::DeleteAllKeys { scan_pattern } => {
                     batch.flush(conn, &mut outcomes, &mut failed)?;
-                    if let (Some(m), false) = (&p.mapping, failed.contains(&p.scope)) {
+                    if skipped(&failed, p.scope, outcomes.get_mut(i)) {
+                        break;
+                    }
+                    if let Some(m) = &p.mapping {
                         scan_and_delete(conn, scan_pattern, m, &mut |_, keys| keys.iter().map(|_| true).collect())?;
                     }
                 }
                 Step::SweepKeys { scan_pattern } => {
                     batch.flush(conn, &mut outcomes, &mut failed)?;
-                    if let (Some(m), false) = (&p.mapping, failed.contains(&p.scope)) {
+                    if skipped(&failed, p.scope, outcomes.get_mut(i)) {
+                        break;
+                    }
+                    if let Some(m) = &p.mapping {
                         scan_and_delete(conn, scan_pattern, m, &mut |m, keys| {
                             let alive = existing(m, keys);
                             let mut gone = vec![true; keys.len()];
@@ -260,6 +267,18 @@ pub fn apply(
     }
     batch.flush(conn, &mut outcomes, &mut failed)?;
     Ok(outcomes)
+}
+
+/// Whether a scan must not run, its scope having failed in the commands just flushed (the
+/// event's own refusal, if any, stays its outcome).
+fn skipped(failed: &HashSet<Scope>, scope: Scope, outcome: Option<&mut Outcome>) -> bool {
+    if !failed.contains(&scope) {
+        return false;
+    }
+    if let Some(o @ Outcome::Applied) = outcome {
+        *o = Outcome::NotRun("an earlier change of the same scope was not applied".into());
+    }
+    true
 }
 
 /// Commands to pipeline together, by scope. Each scope's share goes out as one MULTI/EXEC, in
@@ -366,10 +385,13 @@ fn run_outcome(values: &[Value], runs: &[(usize, usize)], multi: usize, start: u
     let Some(exec) = runs.iter().find(|r| r.0 == multi).map(|r| r.1) else {
         return Outcome::NotRun("no EXEC was sent".into());
     };
-    // A refused MULTI (the connection was still inside an earlier, refused EXEC): whatever EXEC
-    // ran, its replies are not this share's alone. Not acknowledged: it runs again.
+    // A refused MULTI. Still inside an earlier, refused transaction, the commands were queued
+    // to it (QUEUED): whatever its EXEC ran is not this share's alone, so it runs again. A user
+    // without MULTI (an ACL without @transaction): the commands ran one by one, their own
+    // replies say how (checked by the caller), and EXEC has nothing to answer for them.
     if let Some(e) = values.get(multi).and_then(first_error) {
-        return Outcome::NotRun(format!("MULTI was refused: {e}"));
+        let queued = values.get(start..end).is_some_and(|own| own.iter().all(is_queued));
+        return if queued { Outcome::NotRun(format!("MULTI was refused: {e}")) } else { Outcome::Applied };
     }
     match values.get(exec) {
         Some(Value::Array(replies)) => {
@@ -385,6 +407,11 @@ fn run_outcome(values: &[Value], runs: &[(usize, usize)], multi: usize, start: u
         }
         None => Outcome::NotRun("no reply to EXEC".into()),
     }
+}
+
+/// Whether a reply is the QUEUED of a command added to a transaction.
+fn is_queued(v: &Value) -> bool {
+    matches!(v, Value::SimpleString(s) if s == "QUEUED")
 }
 
 /// The first error in a reply (EXEC nests the replies of a transaction).
