@@ -1,5 +1,5 @@
-//! Delivery: a launcher starts one worker per database where the extension is installed; each
-//! worker drains its database's outbox into Redis.
+//! Delivery: a launcher (`launcher`) starts one worker per database where the extension is
+//! installed; each worker drains its database's outbox into Redis.
 //!
 //! A worker reads the oldest events (`FOR UPDATE SKIP LOCKED`, in id order), pipelines their
 //! Redis commands, and deletes them in the same transaction only once Redis acknowledged them.
@@ -9,6 +9,9 @@
 //! keep flowing. Events that can never apply (a key column is NULL, Redis rejects a queued
 //! command for good) move to `redis.dead_letter` with the reason.
 
+mod launcher;
+mod settle;
+pub use launcher::register_launcher;
 pub mod outbox;
 pub mod redis_sink;
 pub mod registry;
@@ -19,11 +22,12 @@ use outbox::{Event, Kind, Scope};
 use pg_redis_shared::apply::{self, ApplyContext, CapturedChange, Step};
 use pg_redis_shared::backoff::Backoff;
 use pg_redis_shared::TableMapping;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
-use pgrx::pg_sys::panic::{CaughtError, ErrorReportable};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use redis_sink::{DeliveryConnection, Outcome, Planned};
+use redis_sink::{DeliveryConnection, Planned};
 use registry::WorkerState;
+use settle::{end_of_first_command_run, split, Flight};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -37,39 +41,9 @@ const GC_EVERY: Duration = Duration::from_secs(60);
 /// the outbox behind it).
 const TRANSACTION_TIME: Duration = Duration::from_millis(500);
 
-/// Registers the launcher; called from `_PG_init` while preloading.
-pub fn register_launcher() {
-    BackgroundWorkerBuilder::new("pg_redis launcher")
-        .set_type("pg_redis launcher")
-        .set_library("pg_redis")
-        .set_function("pg_redis_launcher_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
-}
-
-/// Starts the delivery worker of one database (it exits at once if one already runs there or
-/// the extension is not installed).
-fn start_worker(dboid: pg_sys::Oid, datname: &str) -> bool {
-    let mut name = format!("pg_redis worker {datname}");
-    while name.len() > 90 {
-        name.pop();
-    }
-    BackgroundWorkerBuilder::new(&name)
-        .set_type("pg_redis worker")
-        .set_library("pg_redis")
-        .set_function("pg_redis_worker_main")
-        .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(1)))
-        .set_argument(dboid.into_datum())
-        .load_dynamic()
-        .is_ok()
-}
-
 /// Runs `f` in its own transaction; an ERROR is logged, the transaction rolled back, and None
 /// returned (the worker lives on).
-fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+pub(super) fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     let f = AssertUnwindSafe(f);
     PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
         .catch_others(|e| {
@@ -89,7 +63,7 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
 /// Workers run as the bootstrap superuser: resolve every unqualified name in pg_catalog only,
 /// whatever search_path a database or role setting would give; and read key text under the
 /// settings it was written with.
-fn pin_search_path() {
+pub(super) fn pin_search_path() {
     crate::capture::canonical::pin_canonical_settings();
     // SAFETY: setting a GUC on the worker's main thread, as an override.
     unsafe {
@@ -102,59 +76,11 @@ fn pin_search_path() {
     }
 }
 
-fn reload_config_if_asked() {
+pub(super) fn reload_config_if_asked() {
     if BackgroundWorker::sighup_received() {
         // SAFETY: the documented way for a background worker to apply a reload.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     }
-}
-
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn pg_redis_launcher_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi(Some(&gucs::launcher_database()), None);
-    pin_search_path();
-    // SAFETY: our own pid.
-    registry::set_launcher(unsafe { pg_sys::MyProcPid });
-    let mut probed: HashSet<u32> = HashSet::new();
-    let mut seen_requests = 0;
-    loop {
-        let requests = registry::probe_requests();
-        let everything = requests != seen_requests;
-        seen_requests = requests;
-        let dbs = in_transaction("listing databases", || {
-            Spi::connect(|c| {
-                c.select(
-                    "SELECT oid, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
-                    None,
-                    &[],
-                )
-                .unwrap_or_report()
-                .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
-                .collect::<Vec<_>>()
-            })
-        })
-        .unwrap_or_default();
-        for (oid, name) in dbs {
-            // New databases are probed once; a CREATE EXTENSION asks for every database again.
-            if (everything || !probed.contains(&oid.to_u32())) && registry::info(oid).is_none() {
-                if start_worker(oid, &name) {
-                    probed.insert(oid.to_u32());
-                } else {
-                    // Tried again at the next round.
-                    log!("pg_redis: no free background worker slot for database {name}; raise max_worker_processes");
-                }
-            } else {
-                probed.insert(oid.to_u32());
-            }
-        }
-        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
-            break;
-        }
-        reload_config_if_asked();
-    }
-    registry::set_launcher(0);
 }
 
 #[pg_guard]
@@ -507,127 +433,6 @@ impl Worker {
         };
         Ok(Planned { steps, mapping, scope: self.scope_of(e) })
     }
-
-    /// Deletes what Redis applied, parks what can never apply, keeps a refusing table's events
-    /// (from its first refused one on, so per-key order holds) for a later retry.
-    fn settle(&mut self, events: &[Event], status: Vec<Result<(), String>>, outcomes: Vec<Outcome>) {
-        let mut outcomes = outcomes.into_iter();
-        let mut acked = Vec::new();
-        let mut dead: Vec<(i64, String)> = Vec::new();
-        let mut delivered: HashMap<Scope, i64> = HashMap::new();
-        let mut errors: HashMap<Scope, String> = HashMap::new();
-        let mut stuck_now: HashSet<Scope> = HashSet::new();
-        for (e, p) in events.iter().zip(status) {
-            let scope = self.scope_of(e);
-            let outcome = match p {
-                Ok(_) => outcomes.next().unwrap_or(Outcome::Refused("no reply".into())),
-                Err(why) => {
-                    errors.insert(scope, why.clone());
-                    dead.push((e.id, why));
-                    continue;
-                }
-            };
-            // A table's events after its first refused one stay queued (per-key order; rows
-            // are idempotent, so one already applied may be applied again). Queued commands are
-            // not: one Redis ran is acknowledged whatever happened around it, one Redis will
-            // never take is parked, and from the first one not run on, the rest wait in order.
-            let commands = scope == Scope::Commands;
-            let stuck = stuck_now.contains(&scope);
-            match outcome {
-                Outcome::Applied if stuck && !commands => {}
-                Outcome::Applied => {
-                    acked.push(e.ctid.clone());
-                    *delivered.entry(scope).or_default() += 1;
-                }
-                Outcome::Refused(err) if commands && !transient(&err) => {
-                    let why = format!("Redis refused the queued command: {err}");
-                    errors.insert(scope, why.clone());
-                    dead.push((e.id, why));
-                }
-                _ if stuck => {}
-                // Discarded with its scope's MULTI/EXEC: it runs again, and what follows it waits.
-                Outcome::NotRun(why) => {
-                    let what = if commands { "the queued command" } else { "the change" };
-                    errors.entry(scope).or_insert_with(|| format!("Redis did not run {what}: {why}"));
-                    stuck_now.insert(scope);
-                }
-                Outcome::Refused(err) => {
-                    errors.insert(scope, format!("Redis refused: {err}"));
-                    stuck_now.insert(scope);
-                }
-            }
-        }
-        outbox::delete(&acked);
-        outbox::dead_letter(&dead);
-        for (scope, n) in &delivered {
-            outbox::record_delivered(*scope, *n);
-        }
-        for (scope, err) in &errors {
-            outbox::record_error(*scope, err);
-            log!("pg_redis: {err}");
-        }
-        let (min, max, now) = (ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()), Instant::now());
-        for scope in &stuck_now {
-            self.stuck.entry(*scope).or_default().fail(now, min, max);
-        }
-        self.stuck.retain(|s, _| stuck_now.contains(s) || !delivered.contains_key(s));
-        if let Some(err) = errors.values().next() {
-            registry::set_state(self.dboid, WorkerState::Delivering, Some(err));
-        }
-    }
-}
-
-/// A batch on its way to Redis.
-struct Flight {
-    events: Vec<Event>,
-    status: Vec<Result<(), String>>,
-}
-
-impl Flight {
-    /// Waits for Redis's answer and settles the batch.
-    fn wait(&self, w: &mut Worker) -> Result<(), pg_redis_shared::Error> {
-        let outcomes = match &w.pipeline {
-            Some(p) => p.wait()?,
-            None => {
-                return Err(pg_redis_shared::Error::Unavailable {
-                    server: "Redis",
-                    reason: "the pipeline thread stopped".into(),
-                })
-            }
-        };
-        w.backoff.succeed();
-        w.settle(&self.events, self.status.clone(), outcomes);
-        Ok(())
-    }
-}
-
-/// Planned events to send, and per event whether it planned (or why not).
-fn split(planned: Vec<Result<Planned, String>>) -> (Vec<Planned>, Vec<Result<(), String>>) {
-    let mut runnable = Vec::with_capacity(planned.len());
-    let status = planned
-        .into_iter()
-        .map(|p| match p {
-            Ok(p) => {
-                runnable.push(p);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        })
-        .collect();
-    (runnable, status)
-}
-
-/// Where the first run of consecutive queued commands in `events` ends (an index), if any.
-fn end_of_first_command_run(events: &[Event]) -> Option<usize> {
-    let start = events.iter().position(|e| e.kind == Kind::Command)?;
-    Some(events.iter().skip(start).position(|e| e.kind != Kind::Command).map_or(events.len(), |n| start + n))
-}
-
-/// Error replies that may go away by themselves (memory freed, a replica promoted).
-fn transient(err: &str) -> bool {
-    ["OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"]
-        .iter()
-        .any(|p| err.starts_with(p))
 }
 
 fn ms(v: i32) -> Duration {
