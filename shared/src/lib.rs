@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod command_policy;
+pub mod delivery;
 pub mod encoding;
 pub mod error;
 pub mod event;

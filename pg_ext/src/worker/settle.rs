@@ -7,6 +7,7 @@ use super::redis_sink::{Outcome, Planned};
 use super::registry::{self, WorkerState};
 use super::{ms, Worker};
 use crate::gucs;
+use pg_redis_shared::delivery;
 use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -43,7 +44,7 @@ impl Worker {
                     acked.push(e.ctid.clone());
                     *delivered.entry(scope).or_default() += 1;
                 }
-                Outcome::Refused(err) if commands && !transient(&err) => {
+                Outcome::Refused(err) if commands && !delivery::is_transient(&err) => {
                     let why = format!("Redis refused the queued command: {err}");
                     errors.insert(scope, why.clone());
                     dead.push((e.id, why));
@@ -121,15 +122,7 @@ pub(super) fn split(planned: Vec<Result<Planned, String>>) -> (Vec<Planned>, Vec
     (runnable, status)
 }
 
-/// Where the first run of consecutive queued commands in `events` ends (an index), if any.
+/// Where the first run of queued commands in `events` ends (see [`delivery`]).
 pub(super) fn end_of_first_command_run(events: &[Event]) -> Option<usize> {
-    let start = events.iter().position(|e| e.kind == Kind::Command)?;
-    Some(events.iter().skip(start).position(|e| e.kind != Kind::Command).map_or(events.len(), |n| start + n))
-}
-
-/// Error replies that may go away by themselves (memory freed, a replica promoted).
-fn transient(err: &str) -> bool {
-    ["OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"]
-        .iter()
-        .any(|p| err.starts_with(p))
+    delivery::end_of_first_command_run(events, |e| e.kind == Kind::Command)
 }
