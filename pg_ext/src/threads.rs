@@ -41,9 +41,9 @@ mod tests {
 
     #[pg_test]
     fn a_panic_on_a_helper_thread_becomes_an_error() {
-        let r: Result<(), String> = super::catch(|| panic!("boom"));
+        let r: Result<(), String> = super::catch(|| panic!("boom")); // ok: the panic this test catches (test builds only)
         assert!(r.unwrap_err().contains("boom"));
-        let h = super::spawn("t", || panic!("in a thread")).unwrap();
+        let h = super::spawn("t", || panic!("in a thread")).unwrap(); // ok: the panic this test catches (test builds only)
         assert!(h.join().is_ok(), "the thread body's panic is caught");
     }
 }

@@ -11,7 +11,7 @@ mod tests {
     use pgrx::prelude::*;
 
     fn one_string(sql: &str) -> Option<String> {
-        Spi::get_one::<String>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        Spi::get_one::<String>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")) // ok: test assertion (test builds only)
     }
 
     #[pg_test]
@@ -105,7 +105,7 @@ mod tests {
     fn a_key_column_name_the_template_cannot_hold_is_refused() {
         run("CREATE TABLE dd_brace (id int PRIMARY KEY)");
         run("SELECT redis.sync_table('dd_brace', backfill => false)");
-        let (state, message) = failure("ALTER TABLE dd_brace RENAME COLUMN id TO \"i}d\"").expect("refused");
+        let (state, message) = failure("ALTER TABLE dd_brace RENAME COLUMN id TO \"i}d\"").expect("refused"); // ok: test assertion (test builds only)
         assert_eq!(state, "42602");
         assert!(
             message.starts_with(

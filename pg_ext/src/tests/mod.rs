@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 
 /// Runs `sql` (statements without a result), failing the test on an error.
 pub(crate) fn run(sql: &str) {
-    Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}")); // ok: test assertion (test builds only)
 }
 
 /// The SQLSTATE and message `sql` fails with, or None when it succeeds. It runs in a
@@ -37,7 +37,7 @@ pub(crate) fn failure(sql: &str) -> Option<(String, String)> {
         "SELECT state, message FROM pg_temp.pg_redis_failure($1)",
         &[sql.into()],
     )
-    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    .unwrap_or_else(|e| panic!("{sql}: {e}")); // ok: test assertion (test builds only)
     state.map(|s| (s, message.unwrap_or_default()))
 }
 
@@ -52,8 +52,8 @@ pub(crate) fn mapping_id(table: &str) -> i64 {
         "SELECT mapping_id FROM redis.tables WHERE table_name = $1::regclass",
         &[table.into()],
     )
-    .unwrap_or_else(|e| panic!("mapping of {table}: {e}"))
-    .unwrap_or_else(|| panic!("{table} has no active mapping"))
+    .unwrap_or_else(|e| panic!("mapping of {table}: {e}")) // ok: test assertion (test builds only)
+    .unwrap_or_else(|| panic!("{table} has no active mapping")) // ok: test assertion (test builds only)
 }
 
 /// The outbox rows of a mapping in queue order, one line each: `op old_row new_row` (`-` for
@@ -86,7 +86,7 @@ pub(crate) fn mappings_key() -> String {
 fn lines(sql: &str, arg: i64) -> Vec<String> {
     Spi::connect(|c| {
         c.select(sql, None, &[arg.into()])
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}")) // ok: test assertion (test builds only)
             .map(|r| r.get::<String>(1).ok().flatten().unwrap_or_default())
             .collect()
     })

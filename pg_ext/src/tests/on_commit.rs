@@ -86,27 +86,27 @@ mod tests {
         as_plain_role("oc_restricted", &[("pg_redis.sql_command_policy", "restricted")], || {
             assert_eq!(sqlstate("SELECT redis.on_commit('SET', 'free:1', 'v')"), "00000");
             assert_eq!(sqlstate("SELECT redis.on_commit('DEL', 'report:today')"), "00000");
-            let (state, message) = failure("SELECT redis.on_commit('FLUSHALL')").expect("FLUSHALL refused");
+            let (state, message) = failure("SELECT redis.on_commit('FLUSHALL')").expect("FLUSHALL refused"); // ok: test assertion (test builds only)
             assert_eq!(state, "42501");
             assert!(
                 message.starts_with("redis.on_commit: FLUSHALL is an administrative or scripting command"),
                 "{message}"
             );
             let (state, message) =
-                failure("SELECT redis.on_commit('SET', 'oc_synced:1', 'v')").expect("synced key refused");
+                failure("SELECT redis.on_commit('SET', 'oc_synced:1', 'v')").expect("synced key refused"); // ok: test assertion (test builds only)
             assert_eq!(state, "42501");
             assert_eq!(
                 message,
                 "redis.on_commit: SET would write key \"oc_synced:1\", which belongs to synced table oc_synced (keys starting with \"oc_synced:\"): pg_redis keeps it equal to the table"
             );
             let (state, message) =
-                failure("SELECT redis.on_commit('DEL', 'pg_redis:mappings:x')").expect("own key refused");
+                failure("SELECT redis.on_commit('DEL', 'pg_redis:mappings:x')").expect("own key refused"); // ok: test assertion (test builds only)
             assert_eq!(state, "42501");
             assert_eq!(
                 message,
                 "redis.on_commit: DEL would write key \"pg_redis:mappings:x\": keys starting with \"pg_redis:\" belong to pg_redis itself"
             );
-            let (state, message) = failure("SELECT redis.on_commit('NOSUCHCOMMAND', 'x')").expect("unknown refused");
+            let (state, message) = failure("SELECT redis.on_commit('NOSUCHCOMMAND', 'x')").expect("unknown refused"); // ok: test assertion (test builds only)
             assert_eq!(state, "42501");
             assert!(message.starts_with("redis.on_commit: pg_redis does not know the Redis command"), "{message}");
             // The connection-breaking commands are refused before the policy is asked.

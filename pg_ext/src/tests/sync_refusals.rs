@@ -10,7 +10,7 @@ mod tests {
     use pgrx::prelude::*;
 
     fn refused(sql: &str) -> (String, String) {
-        failure(sql).unwrap_or_else(|| panic!("{sql} was accepted"))
+        failure(sql).unwrap_or_else(|| panic!("{sql} was accepted")) // ok: test assertion (test builds only)
     }
 
     #[pg_test]
