@@ -65,4 +65,21 @@ impl Env {
     pub fn get(&mut self, key: &str) -> Option<String> {
         redis::cmd("GET").arg(key).query(&mut self.redis).expect("GET")
     }
+
+    /// One counter of `PG.STATS`.
+    pub fn module_stat(&mut self, name: &str) -> i64 {
+        let stats: std::collections::BTreeMap<String, i64> =
+            redis::cmd("PG.STATS").query(&mut self.redis).expect("PG.STATS");
+        stats.get(name).copied().unwrap_or_else(|| panic!("PG.STATS has no {name}"))
+    }
+
+    /// Waits (up to 10 s) until the module has loaded at least `n` table mappings: the module
+    /// reloads them on a signal from PostgreSQL, so a read right after `sync_table` can precede it.
+    pub fn wait_mappings(&mut self, n: i64) {
+        let t0 = std::time::Instant::now();
+        while self.module_stat("mappings") < n {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the module never loaded {n} mappings");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }

@@ -4,22 +4,8 @@
 use pg_redis_shared::Encoded;
 use pg_redis_tests::harness::Options;
 use pg_redis_tests::{check, Env};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn stat(r: &mut redis::Connection, name: &str) -> i64 {
-    let m: BTreeMap<String, i64> = redis::cmd("PG.STATS").query(r).unwrap();
-    m[name]
-}
-
-fn wait_mappings(env: &mut Env, n: i64) {
-    let t0 = Instant::now();
-    while stat(&mut env.redis, "mappings") != n {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the module never saw {n} mappings");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn ten_megabyte_rows() {
@@ -31,7 +17,7 @@ fn ten_megabyte_rows() {
     env.wait_synced();
     env.assert_consistent("big");
     let _: () = redis::cmd("DEL").arg("big:2").query(&mut env.redis).unwrap();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     let v: String = redis::cmd("PG.GET").arg("big:2").query(&mut env.redis).unwrap();
     assert_eq!(v.len(), 10_000_000 + r#"{"id":2,"blob":""}"#.len());
 }
@@ -77,7 +63,7 @@ fn awkward_key_values_round_trip() {
     }
     env.sql("SELECT redis.sync_table('odd', backfill => false)");
     env.wait_synced();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     let m = check::mapping_of(&mut env.pg, "odd");
     for v in values {
         let key = m.key.render_values(&[v]).unwrap();
@@ -157,7 +143,7 @@ fn other_schemas_and_quoted_names() {
     assert_eq!(env.get("Sales.My Table:2").as_deref(), Some(r#"{"Id":2,"Full Name":"c"}"#));
     env.assert_consistent("My Table");
     let _: () = redis::cmd("DEL").arg("Sales.My Table:1").query(&mut env.redis).unwrap();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     let v: Option<String> = redis::cmd("PG.GET").arg("Sales.My Table:1").query(&mut env.redis).unwrap();
     assert_eq!(v.as_deref(), Some(r#"{"Id":1,"Full Name":"a"}"#));
 }
@@ -232,7 +218,7 @@ fn module_commands_with_garbage() {
     let mut env = Env::start("bad_module_args");
     env.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 1000) g; SELECT redis.sync_table('t', backfill => false)");
     env.wait_synced();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     let garbage: &[&[u8]] =
         &[b"\xff\xfe\x00\x01", b"t:\x00", b"t:\xff", b"", b"t:", b"t:99999999999999999999", b"t:-1", b"t:1.5"];
     for g in garbage {

@@ -4,22 +4,8 @@
 use pg_redis_shared::encoding::{encode_json, parse_row, CANONICAL_SETTINGS};
 use pg_redis_tests::harness::{pg_tls, FreezeProxy, Options};
 use pg_redis_tests::Env;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-fn stat(r: &mut redis::Connection, name: &str) -> i64 {
-    let m: BTreeMap<String, i64> = redis::cmd("PG.STATS").query(r).unwrap();
-    m[name]
-}
-
-fn wait_mappings(env: &mut Env, n: i64) {
-    let t0 = Instant::now();
-    while stat(&mut env.redis, "mappings") < n {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the module never loaded {n} mappings");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn users(env: &mut Env, rows: i32) {
     env.sql(&format!(
@@ -28,7 +14,7 @@ fn users(env: &mut Env, rows: i32) {
          SELECT redis.sync_table('users', backfill => false);"
     ));
     env.wait_synced();
-    wait_mappings(env, 1);
+    env.wait_mappings(1);
 }
 
 fn pg_get(r: &mut redis::Connection, key: &str) -> Result<Option<String>, String> {
@@ -82,7 +68,7 @@ fn read_through_ignores_session_defaults() {
          SELECT redis.sync_table('typed', backfill => false);",
     );
     env.wait_synced();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     // Defaults a DBA might set, each changing how to_jsonb prints one of the columns.
     env.sql(
         "ALTER DATABASE postgres SET timezone = 'Europe/Paris';
@@ -127,7 +113,7 @@ fn pooled_connections_survive_a_postgres_restart() {
     // Every pool thread opens its connection.
     let t0 = Instant::now();
     let mut round = 0;
-    while stat(&mut env.redis, "pg_connections") < POOL as i64 {
+    while env.module_stat("pg_connections") < POOL as i64 {
         assert!(t0.elapsed() < Duration::from_secs(20), "the pool never opened {POOL} connections");
         let keys = (1..=2 * POOL).map(|i| format!("users:{}", i + round * 2 * POOL)).collect();
         for (k, v) in concurrent_gets(&env, keys) {
@@ -149,7 +135,7 @@ fn pooled_connections_survive_a_postgres_restart() {
             "{k} after the restart: {v:?}"
         );
     }
-    assert!(stat(&mut env.redis, "pg_reconnects") >= 1, "dead connections were replaced");
+    assert!(env.module_stat("pg_reconnects") >= 1, "dead connections were replaced");
 }
 
 #[test]

@@ -7,20 +7,6 @@ use pg_redis_tests::{check, Env};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn stat(r: &mut redis::Connection, name: &str) -> i64 {
-    let m: BTreeMap<String, i64> = redis::cmd("PG.STATS").query(r).unwrap();
-    m[name]
-}
-
-/// Waits until the module has loaded the mappings of every synced table.
-fn wait_mappings(env: &mut Env, n: i64) {
-    let t0 = Instant::now();
-    while stat(&mut env.redis, "mappings") < n {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the module never loaded {n} mappings");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn users(env: &mut Env, rows: i32) {
     env.sql(&format!(
         "CREATE TABLE users (id bigint PRIMARY KEY, name text, email text);
@@ -28,7 +14,7 @@ fn users(env: &mut Env, rows: i32) {
          SELECT redis.sync_table('users', backfill => false);"
     ));
     env.wait_synced();
-    wait_mappings(env, 1);
+    env.wait_mappings(1);
 }
 
 fn pg_get(r: &mut redis::Connection, key: &str) -> redis::RedisResult<Option<String>> {
@@ -64,10 +50,10 @@ fn miss_fills_then_hits() {
     let v = pg_get(&mut env.redis, "users:3").unwrap();
     assert_eq!(v.as_deref(), Some(r#"{"id":3,"name":"user 3","email":"u3@example.com"}"#));
     assert_eq!(env.get("users:3"), v, "the miss filled the cache");
-    let queries = stat(&mut env.redis, "pg_queries");
+    let queries = env.module_stat("pg_queries");
     assert_eq!(pg_get(&mut env.redis, "users:3").unwrap(), v);
-    assert_eq!(stat(&mut env.redis, "pg_queries"), queries, "a hit does not query PostgreSQL");
-    assert!(stat(&mut env.redis, "hits") >= 1 && stat(&mut env.redis, "fills") >= 1);
+    assert_eq!(env.module_stat("pg_queries"), queries, "a hit does not query PostgreSQL");
+    assert!(env.module_stat("hits") >= 1 && env.module_stat("fills") >= 1);
     let many: Vec<Option<String>> = redis::cmd("PG.MGET")
         .arg("users:1")
         .arg("users:3")
@@ -87,7 +73,7 @@ fn misses_return_exactly_what_a_push_writes() {
     env.sql(include_str!("types_table.sql"));
     env.sql("SELECT redis.sync_table('types', backfill => false)");
     env.wait_synced();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     let m = check::mapping_of(&mut env.pg, "types");
     let want = check::expected(&mut env.pg, &m);
     for (key, value) in &want {
@@ -103,7 +89,7 @@ fn misses_return_exactly_what_a_push_writes() {
     env.wait_synced();
     let _: () = redis::cmd("FLUSHALL").query(&mut env.redis).unwrap();
     let t0 = Instant::now();
-    while stat(&mut env.redis, "mapping_loads") < 3 && t0.elapsed() < Duration::from_secs(5) {
+    while env.module_stat("mapping_loads") < 3 && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for key in want.keys() {
@@ -121,7 +107,7 @@ fn hash_format_and_composite_keys() {
          SELECT redis.sync_table('order_items', format => 'hash', ttl => 60, backfill => false);",
     );
     env.wait_synced();
-    wait_mappings(&mut env, 1);
+    env.wait_mappings(1);
     let fields: BTreeMap<String, String> = redis::cmd("PG.GET").arg("order_items:7:3").query(&mut env.redis).unwrap();
     assert_eq!(fields.get("sku").map(String::as_str), Some("A:1"));
     assert!(!fields.contains_key("note"));
@@ -144,10 +130,10 @@ fn absent_rows_answer_nil_until_inserted() {
     let mut env = Env::start("rt_negative");
     users(&mut env, 3);
     assert_eq!(pg_get(&mut env.redis, "users:50").unwrap(), None);
-    let q = stat(&mut env.redis, "pg_queries");
+    let q = env.module_stat("pg_queries");
     assert_eq!(pg_get(&mut env.redis, "users:50").unwrap(), None);
-    assert_eq!(stat(&mut env.redis, "pg_queries"), q, "a negative entry answers the second miss");
-    assert!(stat(&mut env.redis, "negative_hits") >= 1);
+    assert_eq!(env.module_stat("pg_queries"), q, "a negative entry answers the second miss");
+    assert!(env.module_stat("negative_hits") >= 1);
     env.sql("INSERT INTO users VALUES (50, 'late', 'l@x')");
     env.wait_synced();
     assert!(
@@ -280,7 +266,7 @@ fn redis_stays_responsive_while_postgres_is_stuck() {
 fn concurrent_misses_of_one_key_make_one_query() {
     let mut env = Env::start("rt_single_flight");
     users(&mut env, 10);
-    let before = stat(&mut env.redis, "pg_queries");
+    let before = env.module_stat("pg_queries");
     // Hold the row's table briefly so all 100 misses overlap.
     let mut locker = env.pg_client();
     locker.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").unwrap();
@@ -298,9 +284,9 @@ fn concurrent_misses_of_one_key_make_one_query() {
     locker.batch_execute("ROLLBACK").unwrap();
     let answers: Vec<Option<String>> = clients.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(answers.iter().all(|a| a.as_deref().is_some_and(|s| s.contains("user 7"))));
-    let queries = stat(&mut env.redis, "pg_queries") - before;
+    let queries = env.module_stat("pg_queries") - before;
     assert_eq!(queries, 1, "100 concurrent misses of one key made {queries} queries");
-    assert!(stat(&mut env.redis, "joined_misses") >= 99 - 5, "joined: {}", stat(&mut env.redis, "joined_misses"));
+    assert!(env.module_stat("joined_misses") >= 99 - 5, "joined: {}", env.module_stat("joined_misses"));
 }
 
 #[test]
@@ -373,7 +359,7 @@ fn no_stale_fill_under_concurrent_writes() {
             stale.push(format!("{k}: cached {got:?}, row {:?}", want.get(k)));
         }
     }
-    eprintln!("{} keys cached; stale fills refused: {}", cached.len(), stat(&mut env.redis, "stale_fills_refused"));
+    eprintln!("{} keys cached; stale fills refused: {}", cached.len(), env.module_stat("stale_fills_refused"));
     assert!(stale.is_empty(), "stale cache entries:\n{}", stale.join("\n"));
 }
 
@@ -383,7 +369,7 @@ fn mappings_follow_sync_table_and_survive_flush_and_unload() {
     users(&mut env, 5);
     env.sql("CREATE TABLE things (id int PRIMARY KEY, v text); INSERT INTO things VALUES (1, 'one'); SELECT redis.sync_table('things', backfill => false)");
     env.wait_synced();
-    wait_mappings(&mut env, 2);
+    env.wait_mappings(2);
     assert!(pg_get(&mut env.redis, "things:1").unwrap().unwrap().contains("one"));
     let _: () = redis::cmd("FLUSHALL").query(&mut env.redis).unwrap();
     assert!(pg_get(&mut env.redis, "things:1").unwrap().unwrap().contains("one"));
@@ -399,6 +385,6 @@ fn mappings_follow_sync_table_and_survive_flush_and_unload() {
         .arg(url)
         .query(&mut env.redis)
         .unwrap();
-    wait_mappings(&mut env, 2);
+    env.wait_mappings(2);
     assert!(pg_get(&mut env.redis, "users:2").unwrap().is_some());
 }
