@@ -1,10 +1,13 @@
 //! The same row gives the same key and the same bytes whoever writes it, and delivery keeps its
 //! order and its memory bounds whatever the input: session settings of writers and readers,
 //! user column names that look like the project's own aliases, queued commands Redis refuses
-//! for a while, a delivery transaction failing with a batch in flight, and very large rows.
+//! for a while, a delivery transaction failing with a batch in flight, very large rows, and
+//! sweeps that run while the worker is busy with other changes.
 
 use pg_redis_tests::harness::Options;
 use pg_redis_tests::{check, Env};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TYPES_TABLE: &str = include_str!("types_table.sql");
@@ -52,6 +55,7 @@ fn keys_and_bytes_do_not_depend_on_the_writers_session() {
     assert!(stored.contains(r#""span":"-1 mons""#), "{stored}");
     // And the module reads through to the same bytes, whatever its sessions' defaults.
     env.sql("ALTER DATABASE postgres SET TimeZone = 'America/New_York'; ALTER DATABASE postgres SET bytea_output = 'escape'; ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'");
+    env.wait_mappings(1);
     let _: i64 = redis::cmd("PG.INVALIDATE").arg(&key).query(&mut env.redis).unwrap();
     let read: String = redis::cmd("PG.GET").arg(&key).query(&mut env.redis).unwrap();
     assert_eq!(read, stored, "read-through and push store the same bytes");
@@ -80,6 +84,7 @@ fn user_column_names_never_change_the_projects_queries() {
     env.assert_consistent("odd");
     assert_eq!(env.get("odd:1").as_deref(), Some(r#"{"k":2,"t":"tee","x":"ex","id":1,"k0":"kay","ord":3}"#));
     // Read-through and the resync sweep build their queries from the same pieces.
+    env.wait_mappings(1);
     let _: i64 = redis::cmd("PG.INVALIDATE").arg("odd:2").query(&mut env.redis).unwrap();
     let row: String = redis::cmd("PG.GET").arg("odd:2").query(&mut env.redis).unwrap();
     assert_eq!(row, r#"{"k":4,"t":"tea","x":"y","id":2,"k0":"k","ord":5}"#);
@@ -266,4 +271,70 @@ fn changes_refused_for_a_moment_never_reach_the_stream_after_newer_ones() {
         entries.len(),
         &violations[..violations.len().min(5)]
     );
+}
+
+/// A sweep (resync, TRUNCATE of a partition) removes the keys whose rows no longer exist. It
+/// must judge that on what is committed when it runs: a busy worker delivers batch after batch
+/// in one transaction, and a check against that transaction's first snapshot took rows
+/// committed since for missing, and deleted their keys.
+#[test]
+fn sweeps_see_rows_committed_while_the_worker_was_busy() {
+    let mut env = Env::start("cons_sweep_snapshot");
+    env.sql(
+        "CREATE TABLE noise (id serial PRIMARY KEY, v text); SELECT redis.sync_table('noise', stream => false);
+         CREATE TABLE s (id int PRIMARY KEY, v text); SELECT redis.sync_table('s', stream => false);
+         CREATE TABLE m (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1); CREATE TABLE m2 PARTITION OF m FOR VALUES IN (2);
+         SELECT redis.sync_table('m', stream => false);",
+    );
+    env.wait_synced();
+    // Other writers keep the worker delivering without a pause.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, mut pg) = (stop.clone(), env.pg_client());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                pg.batch_execute("INSERT INTO noise (v) VALUES ('n')").unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 1..=20 {
+        env.sql(&format!("INSERT INTO s VALUES ({i}, 'v')"));
+        env.sql("SELECT redis.resync('s')");
+        env.sql(&format!("INSERT INTO m VALUES ({i}, 1, 'v'), ({i}, 2, 'v')"));
+        env.sql("TRUNCATE m1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    env.wait_synced();
+    env.assert_consistent("s");
+    env.assert_consistent("m");
+    assert_eq!(keys(&mut env, "s:*").len(), 20);
+    assert_eq!(keys(&mut env, "m:*").len(), 20);
+}
+
+/// The worker keeps its own transaction rules whatever the database's defaults say: a
+/// read-only default would keep it from deleting what it delivered, a serializable one would
+/// hold one snapshot over several batches.
+#[test]
+fn database_transaction_defaults_do_not_reach_the_worker() {
+    let mut env = Env::start("cons_worker_defaults");
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 50) g;
+         SELECT redis.sync_table('t');
+         ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';
+         ALTER DATABASE postgres SET default_transaction_read_only = on;",
+    );
+    env.wait_synced();
+    env.servers.pg.restart().unwrap();
+    env.pg = env.pg_client();
+    env.sql("SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed'");
+    env.sql("UPDATE t SET v = 'w' WHERE id <= 10; DELETE FROM t WHERE id > 40; SELECT redis.resync('t')");
+    env.wait_synced();
+    env.assert_consistent("t");
+    let queued: i64 = env.pg.query_one("SELECT count(*) FROM redis.outbox", &[]).unwrap().get(0);
+    assert_eq!(queued, 0, "the worker deleted what it delivered");
+    env.sql("ALTER DATABASE postgres RESET ALL");
 }

@@ -1,5 +1,7 @@
-//! The PostgreSQL internals whose shape changed between the supported major versions, behind
-//! one set of functions. Nothing else in the extension knows which version it runs on.
-//! Built with the `pg15` or `pg18` feature (16 and 17 build with theirs, untested here).
+//! PostgreSQL internals behind small safe functions: what changed between the supported major
+//! versions (`compat`: nothing else knows which version it runs on; built with the `pg15` or
+//! `pg18` feature, 16 and 17 build with theirs, untested here) and the transaction and snapshot
+//! brackets of the worker (`xact`).
 
 pub mod compat;
+pub mod xact;

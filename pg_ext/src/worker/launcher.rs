@@ -2,7 +2,7 @@
 //! worker for every database where one is missing, and again when a `CREATE EXTENSION` or a
 //! copied database asks it to.
 
-use super::{in_transaction, pin_search_path, registry, reload_config_if_asked};
+use super::{in_transaction, pin_settings, registry, reload_config_if_asked};
 use crate::gucs;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -45,7 +45,7 @@ fn start_worker(dboid: pg_sys::Oid, datname: &str) -> bool {
 pub extern "C-unwind" fn pg_redis_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::launcher_database()), None);
-    pin_search_path();
+    pin_settings();
     // SAFETY: our own pid.
     registry::set_launcher(unsafe { pg_sys::MyProcPid });
     let mut probed: HashSet<u32> = HashSet::new();

@@ -60,19 +60,27 @@ pub(super) fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> 
         .execute()
 }
 
-/// Workers run as the bootstrap superuser: resolve every unqualified name in pg_catalog only,
-/// whatever search_path a database or role setting would give; and read key text under the
-/// settings it was written with.
-pub(super) fn pin_search_path() {
+/// Settings the workers need whatever a database or role setting says. They run as the
+/// bootstrap superuser: every unqualified name resolves in pg_catalog only. Key text is read
+/// under the settings it was written with. Transactions are READ COMMITTED and writable: each
+/// batch, and each sweep's check of which rows exist, must see what is committed when it runs
+/// (`pg::xact::on_latest_snapshot`), and the worker deletes what it delivered.
+pub(super) fn pin_settings() {
     crate::capture::canonical::pin_canonical_settings();
-    // SAFETY: setting a GUC on the worker's main thread, as an override.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
+    for (name, value) in [
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_read_only", c"off"),
+    ] {
+        // SAFETY: setting a GUC on the worker's main thread, as an override.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
     }
 }
 
@@ -90,7 +98,7 @@ pub extern "C-unwind" fn pg_redis_worker_main(arg: pg_sys::Datum) {
     let Some(dboid) = (unsafe { pg_sys::Oid::from_datum(arg, false) }) else { return };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
-    pin_search_path();
+    pin_settings();
     let database = in_transaction("checking for the extension", || {
         let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')")
             .ok()

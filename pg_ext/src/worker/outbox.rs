@@ -2,6 +2,7 @@
 //! seen" cursor), delete what Redis acknowledged, park what it refused for good, keep the
 //! delivery bookkeeping, load mapping versions. Runs inside the worker's transaction.
 
+use crate::pg::xact::{in_subtransaction, on_latest_snapshot};
 use pg_redis_shared::mapping::{CatalogColumns, CatalogRow, CATALOG_COLUMNS};
 use pg_redis_shared::{Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -208,20 +209,23 @@ fn mapping_versions_sql() -> String {
 
 /// Mapping versions by id, with the oid of their table.
 pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
-    Spi::connect(|client| {
-        let rows = client.select(&mapping_versions_sql(), None, &[ids.to_vec().into()]).unwrap_or_report();
-        let mut out = Vec::new();
-        for r in rows {
-            let Some(row) = CatalogRow::decode(&SpiCatalogRow(&r)).unwrap_or_report() else {
-                continue;
-            };
-            let oid: pg_sys::Oid = r.get(11).unwrap_or_report().unwrap_or(pg_sys::InvalidOid);
-            match TableMapping::try_from(row) {
-                Ok(m) => out.push((m, oid)),
-                Err(e) => warning!("pg_redis: mapping cannot be used: {e}"),
+    // A mapping (or its table's new name) committed after this transaction began must be seen.
+    on_latest_snapshot(|| {
+        Spi::connect(|client| {
+            let rows = client.select(&mapping_versions_sql(), None, &[ids.to_vec().into()]).unwrap_or_report();
+            let mut out = Vec::new();
+            for r in rows {
+                let Some(row) = CatalogRow::decode(&SpiCatalogRow(&r)).unwrap_or_report() else {
+                    continue;
+                };
+                let oid: pg_sys::Oid = r.get(11).unwrap_or_report().unwrap_or(pg_sys::InvalidOid);
+                match TableMapping::try_from(row) {
+                    Ok(m) => out.push((m, oid)),
+                    Err(e) => warning!("pg_redis: mapping cannot be used: {e}"),
+                }
             }
-        }
-        out
+            out
+        })
     })
 }
 
@@ -239,16 +243,25 @@ pub fn existing_keys(mapping: &TableMapping, table: pg_sys::Oid, keys: &[Vec<Str
     let columns: Vec<Vec<String>> =
         (0..ncols).map(|c| keys.iter().map(|k| k.get(c).cloned().unwrap_or_default()).collect()).collect();
     let sql = pg_redis_shared::sql::existing_keys(mapping);
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_class WHERE oid = $1", &[table.into()])
-        .ok()
-        .flatten();
+    let owner = on_latest_snapshot(|| {
+        Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_class WHERE oid = $1", &[table.into()])
+    })
+    .ok()
+    .flatten();
     let Some(owner) = owner else { return (0..keys.len()).collect() };
+    // The rows committed up to now decide, not those of the transaction's start: this
+    // transaction may have delivered batches for a while, and a row committed meanwhile whose
+    // key the sweep met would be taken for gone.
     let query = std::panic::AssertUnwindSafe(|| {
-        crate::api::privileges::as_role(owner, || {
-            Spi::connect(|client| {
-                let args: Vec<pgrx::datum::DatumWithOid> = columns.clone().into_iter().map(Into::into).collect();
-                let rows = client.select(sql.as_str(), None, &args).unwrap_or_report();
-                rows.filter_map(|r| r.get::<i64>(1).ok().flatten()).map(|ord| ord as usize - 1).collect::<Vec<usize>>()
+        on_latest_snapshot(|| {
+            crate::api::privileges::as_role(owner, || {
+                Spi::connect(|client| {
+                    let args: Vec<pgrx::datum::DatumWithOid> = columns.clone().into_iter().map(Into::into).collect();
+                    let rows = client.select(sql.as_str(), None, &args).unwrap_or_report();
+                    rows.filter_map(|r| r.get::<i64>(1).ok().flatten())
+                        .map(|ord| ord as usize - 1)
+                        .collect::<Vec<usize>>()
+                })
             })
         })
     });
@@ -260,34 +273,4 @@ pub fn existing_keys(mapping: &TableMapping, table: pg_sys::Oid, keys: &[Vec<Str
         );
         (0..keys.len()).collect()
     })
-}
-
-/// Runs `f` in a subtransaction; an ERROR rolls back only that and comes back as its message.
-fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    // SAFETY: the same bracket PL/pgSQL uses for EXCEPTION blocks: remember the memory context
-    // and resource owner, begin, and on both paths restore them.
-    unsafe {
-        let (mcx, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(mcx);
-        let r = PgTryBuilder::new(|| Ok(f()))
-            .catch_others(move |e| {
-                let msg = match &e {
-                    pg_sys::panic::CaughtError::PostgresError(r)
-                    | pg_sys::panic::CaughtError::ErrorReport(r)
-                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
-                };
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(mcx);
-                pg_sys::CurrentResourceOwner = owner;
-                Err(msg)
-            })
-            .execute();
-        if r.is_ok() {
-            pg_sys::ReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(mcx);
-            pg_sys::CurrentResourceOwner = owner;
-        }
-        r
-    }
 }
