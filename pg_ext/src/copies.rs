@@ -14,12 +14,12 @@
 //! promoted, as the same database.
 
 use crate::errors::raise;
+use crate::pg::xact::in_transaction;
 use crate::worker::registry::{self, WorkerState};
 use pg_redis_shared::Error;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 /// How often a held worker looks again (adoption also wakes it at once).
@@ -57,7 +57,7 @@ enum Identity {
 pub fn hold_while_copied(dboid: pg_sys::Oid) -> Hold {
     let mut announced = false;
     loop {
-        match in_transaction(check) {
+        match in_transaction("checking whether this database is a copy", check) {
             Some(Identity::Same) => return if announced { Hold::Restart } else { Hold::Deliver },
             // The check itself failed (logged): hold rather than risk writing another
             // database's keys, and check again.
@@ -71,7 +71,7 @@ pub fn hold_while_copied(dboid: pg_sys::Oid) -> Hold {
                 if !announced {
                     let how = if other_cluster { " in another cluster" } else { "" };
                     let msg = format!("{HELD} of database \"{from}\" (oid {from_oid}){how}, whose Redis keys its outbox targets; point it at its own keys, then call redis.adopt_copy()");
-                    in_transaction(|| record_held(&msg));
+                    in_transaction("recording why delivery is held", || record_held(&msg));
                     registry::set_state(dboid, WorkerState::Paused, Some(&msg));
                     log!("pg_redis: {msg}");
                     announced = true;
@@ -175,24 +175,6 @@ fn record_held(msg: &str) {
     .unwrap_or_report();
 }
 
-/// Runs `f` in its own transaction; an ERROR is logged and gives None.
-fn in_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
-    let f = AssertUnwindSafe(f);
-    PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
-        .catch_others(|e| {
-            // SAFETY: the failed transaction must be aborted before the next one starts.
-            unsafe { pg_sys::AbortCurrentTransaction() };
-            let msg = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
-            };
-            log!("pg_redis: checking whether this database is a copy failed: {msg}");
-            None
-        })
-        .execute()
-}
-
 /// Makes a copied database deliver: it becomes itself (its identity is recorded again) and its
 /// worker starts delivering, to the Redis its settings name (set `pg_redis.url` for the copy
 /// first, e.g. with ALTER DATABASE, unless it is meant to write the original's keys). With
@@ -200,8 +182,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
 /// dropped instead of delivered. Returns the number of events purged.
 #[pg_extern(volatile, parallel_unsafe)]
 fn adopt_copy(purge_outbox: default!(Option<bool>, "false")) -> i64 {
-    // SAFETY: a check of the current user.
-    if !unsafe { pg_sys::superuser() } {
+    if !crate::pg::role::is_superuser() {
         raise(Error::AdoptNeedsSuperuser);
     }
     let held = matches!(check(), Identity::Copied { .. });

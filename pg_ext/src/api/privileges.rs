@@ -18,6 +18,7 @@
 
 use crate::errors::raise;
 use crate::gucs;
+use crate::pg::{catalog, guc, role, xact};
 use pg_redis_shared::command_policy::{check_command, AllowList, CommandTable, Policy, ProtectedNames, Refusal};
 use pg_redis_shared::{Error, KeyTemplate};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -27,9 +28,7 @@ use std::rc::Rc;
 
 /// Raises insufficient_privilege unless the current user owns the table.
 pub fn require_owner(oid: pg_sys::Oid, display: &str) {
-    // SAFETY: reading the current user id.
-    let owns = crate::pg::compat::owns_relation(oid, unsafe { pg_sys::GetUserId() });
-    if !owns {
+    if !crate::pg::compat::owns_relation(oid, role::current_user()) {
         raise(Error::NotTableOwner { table: display.to_owned() });
     }
 }
@@ -37,46 +36,14 @@ pub fn require_owner(oid: pg_sys::Oid, display: &str) {
 /// The extension's owner: the owner of `redis.outbox`, found through the syscache and relcache
 /// (cheap enough for the capture trigger, and invalidated by PostgreSQL itself).
 pub fn extension_owner() -> pg_sys::Oid {
-    // SAFETY: syscache and relcache lookups on the backend's main thread.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"redis".as_ptr(), true);
-        let rel = if nsp == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"outbox".as_ptr(), nsp)
-        };
-        if rel == pg_sys::InvalidOid {
-            raise(Error::ExtensionNotInstalled);
-        }
-        let r = pg_sys::RelationIdGetRelation(rel);
-        let owner = (*(*r).rd_rel).relowner;
-        pg_sys::RelationClose(r);
-        owner
-    }
-}
-
-/// Runs `f` as `role` in a restricted operation. An ERROR inside unwinds through the
-/// transaction abort, which restores the previous user by itself.
-pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut saved_user, mut saved_ctx) = (pg_sys::InvalidOid, 0);
-    // SAFETY: the documented save/switch/restore of the current user (as SECURITY DEFINER and
-    // maintenance commands do).
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
-        );
-    }
-    let r = f();
-    // SAFETY: restores what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
-    r
+    catalog::relation_oid(c"redis", c"outbox")
+        .and_then(catalog::relation_owner)
+        .unwrap_or_else(|| raise(Error::ExtensionNotInstalled))
 }
 
 /// Runs `f` (fully qualified statements of our own) as the extension's owner.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    as_role(extension_owner(), f)
+    role::as_role(extension_owner(), f)
 }
 
 /// Runs `f` as the extension's owner with `search_path` pinned to `pg_catalog, pg_temp`, for
@@ -87,32 +54,13 @@ pub fn as_extension_owner_pinned<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` with `search_path = pg_catalog, pg_temp` (restored afterwards, also on ERROR).
 pub fn with_catalog_search_path<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: a GUC nest level, as functions with a SET clause use.
-    let level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
-    let r = f();
-    // SAFETY: pops the level pushed above.
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    r
+    guc::with_settings([(c"search_path", c"pg_catalog, pg_temp")], f)
 }
 
 /// Refuses (insufficient_privilege, naming the command or name and what to do) a Redis command
 /// line that the current user may not send from SQL; superusers may send anything.
 pub fn authorize_redis_command<S: AsRef<str>>(function: &str, args: &[S]) {
-    // SAFETY: a catalog lookup of the current user, on the backend's main thread.
-    if unsafe { pg_sys::superuser() } {
+    if role::is_superuser() {
         return;
     }
     let policy = gucs::sql_command_policy();
@@ -163,13 +111,10 @@ struct StatementStamp {
 }
 
 fn statement_stamp() -> StatementStamp {
-    // SAFETY: reading this backend's own transaction state on its main thread.
-    unsafe {
-        StatementStamp {
-            local_xid: crate::pg::compat::local_transaction_id(),
-            statement_start: pg_sys::GetCurrentStatementStartTimestamp(),
-            command_id: pg_sys::GetCurrentCommandId(false),
-        }
+    StatementStamp {
+        local_xid: crate::pg::compat::local_transaction_id(),
+        statement_start: xact::statement_start(),
+        command_id: xact::command_id(),
     }
 }
 

@@ -41,8 +41,7 @@ fn worker_status(
 /// never reads as "nothing pending".
 #[pg_extern(volatile, parallel_unsafe)]
 fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
-    // SAFETY: reading the transaction's isolation level.
-    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+    if crate::pg::xact::is_repeatable_read() {
         raise(Error::WaitNeedsReadCommitted);
     }
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(10_000).max(0) as u64);
@@ -116,10 +115,7 @@ fn others_pending(last: i64) -> bool {
         if rows.is_empty() {
             return false;
         }
-        // SAFETY: asking whether an xid is one of this transaction's.
-        if rows.iter().any(|(_, xmin)| !unsafe {
-            pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(*xmin as u32))
-        }) {
+        if rows.iter().any(|(_, xmin)| !crate::pg::xact::is_current_transaction(*xmin as u32)) {
             return true;
         }
         if rows.len() < 200 {

@@ -8,8 +8,8 @@
 //! itself. Only settings that differ are set, so a session already in canonical form pays a
 //! few lookups per row and nothing more.
 
+use crate::pg::guc;
 use pg_redis_shared::encoding::CANONICAL_SETTINGS;
-use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
 thread_local! {
@@ -22,70 +22,28 @@ thread_local! {
 
 /// Runs `f` with every canonical setting in force.
 pub fn with_canonical_settings<R>(f: impl FnOnce() -> R) -> R {
-    let level = SETTINGS.with(|settings| {
-        let mut level = None;
-        for (name, value) in settings {
-            if is_canonical(name, value) {
-                continue;
-            }
-            // SAFETY: GUC lookups and a nest level on the backend's main thread, as
-            // fmgr_security_definer does for a function's SET clause.
-            unsafe {
-                level.get_or_insert_with(|| pg_sys::NewGUCNestLevel());
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
-            }
-        }
-        level
-    });
-    let r = f();
-    if let Some(level) = level {
-        // SAFETY: pops the level pushed above.
-        unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    }
-    r
+    SETTINGS.with(|settings| {
+        let differing = settings.iter().filter(|(name, value)| !is_canonical(name, value));
+        guc::with_settings(differing.map(|(name, value)| (name.as_c_str(), value.as_c_str())), f)
+    })
 }
 
 /// Sets the canonical settings for the rest of this process (the delivery worker, whose casts
 /// of key text to key types must read the text as it was written).
 pub fn pin_canonical_settings() {
-    SETTINGS.with(|settings| {
-        for (name, value) in settings {
-            // SAFETY: setting a GUC on the process's main thread, as an override.
-            unsafe {
-                pg_sys::SetConfigOption(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_SUSET,
-                    pg_sys::GucSource::PGC_S_OVERRIDE,
-                )
-            };
-        }
-    });
+    SETTINGS.with(|settings| settings.iter().for_each(|(name, value)| guc::pin(name, value)));
 }
 
 /// Whether the session's value already prints rows the canonical way. Every zone that is UTC
 /// at all times prints timestamps alike (`+00:00`, and no abbreviation under ISO DateStyle).
 fn is_canonical(name: &CStr, value: &CStr) -> bool {
-    // SAFETY: a GUC lookup by name; the returned string is valid until the next GUC call.
-    let current = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    if current.is_null() {
-        return false;
-    }
-    // SAFETY: a NUL-terminated string owned by the GUC machinery.
-    let current = unsafe { CStr::from_ptr(current) }.to_bytes();
-    if current.eq_ignore_ascii_case(value.to_bytes()) {
-        return true;
-    }
-    name.to_bytes() == b"TimeZone" && UTC_ZONES.iter().any(|z| current.eq_ignore_ascii_case(z.as_bytes()))
+    guc::with_current(name, |current| {
+        current.is_some_and(|current| {
+            current.eq_ignore_ascii_case(value.to_bytes())
+                || (name.to_bytes() == b"TimeZone"
+                    && UTC_ZONES.iter().any(|z| current.eq_ignore_ascii_case(z.as_bytes())))
+        })
+    })
 }
 
 const UTC_ZONES: &[&str] = &[

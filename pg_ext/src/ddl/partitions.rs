@@ -20,6 +20,8 @@ use crate::api::privileges::{as_extension_owner_pinned, with_catalog_search_path
 use crate::api::sync::{drop_triggers_in_tree, install_truncate_triggers};
 use crate::capture::wake;
 use crate::ddl::RelName;
+use crate::pg::catalog::{is_partition, lock_relation, Lock};
+use crate::pg::role;
 use pg_redis_shared::Op;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
@@ -43,11 +45,6 @@ fn synced_ancestor_mapping(rel: pg_sys::Oid, include_self: bool) -> Option<i64> 
     })
 }
 
-fn is_partition(rel: pg_sys::Oid) -> bool {
-    // SAFETY: a syscache lookup.
-    unsafe { pg_sys::get_rel_relispartition(rel) }
-}
-
 /// Before DROP TABLE: for every named partition of a synced table (whose synced ancestor is
 /// not dropped by the same statement), deletes of its rows are queued. Locks the parent, then
 /// the partition, as DROP itself does (same order: no deadlock), so no writer slips in between
@@ -56,8 +53,7 @@ pub fn before_drop(names: &[RelName]) {
     let oids: Vec<pg_sys::Oid> = names.iter().filter_map(RelName::resolve).collect();
     for &rel in &oids {
         // Someone else's table: the DROP will be refused; take no lock and read nothing for it.
-        // SAFETY: reading the current user id.
-        if !is_partition(rel) || !crate::pg::compat::owns_relation(rel, unsafe { pg_sys::GetUserId() }) {
+        if !is_partition(rel) || !crate::pg::compat::owns_relation(rel, role::current_user()) {
             continue;
         }
         let Some(mapping_id) = synced_ancestor_mapping(rel, false) else { continue };
@@ -78,11 +74,9 @@ pub fn before_drop(names: &[RelName]) {
             continue;
         }
         if let Some(parent) = ancestors.first() {
-            // SAFETY: taking locks the DROP is about to take anyway, in the same order.
-            unsafe {
-                pg_sys::LockRelationOid(*parent, pg_sys::AccessExclusiveLock as i32);
-                pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as i32);
-            }
+            // The locks the DROP is about to take anyway, in the same order.
+            lock_relation(*parent, Lock::AccessExclusive);
+            lock_relation(rel, Lock::AccessExclusive);
         }
         queue_tree(rel, mapping_id, Op::Delete);
     }
@@ -114,8 +108,7 @@ pub fn after_detach(parent: &RelName, partition: &RelName, concurrent: bool) {
     if concurrent {
         // The detach took no lock that keeps writers out: wait for those that wrote through
         // the row trigger before PostgreSQL removed it, so their rows are seen below.
-        // SAFETY: a lock in the statement's transaction.
-        unsafe { pg_sys::LockRelationOid(rel, pg_sys::ShareLock as i32) };
+        lock_relation(rel, Lock::Share);
     }
     queue_tree(rel, mapping_id, Op::Delete);
     as_extension_owner_pinned(|| drop_triggers_in_tree(rel));

@@ -1,9 +1,33 @@
-//! Transactions and snapshots for code that runs outside a client's statement (the worker):
-//! subtransactions that turn an ERROR into a value, and reads that must see what is committed
-//! now rather than what was committed when the transaction began.
+//! Transactions, subtransactions and snapshots: the brackets the worker and the copy check run
+//! their work in, and what identifies the statement or transaction a backend is in.
 
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
+/// The message of an ERROR (or a Rust panic turned into one) caught by `PgTryBuilder`.
+pub fn error_message(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+            r.message().to_owned()
+        }
+    }
+}
+
+/// Runs `f` in a transaction of its own (background workers only); an ERROR is logged with
+/// `what` failed, the transaction rolled back, and None returned, so the worker lives on.
+pub fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    let f = AssertUnwindSafe(f);
+    PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
+        .catch_others(|e| {
+            // SAFETY: the failed transaction must be aborted before the next one starts.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            log!("pg_redis: {what} failed: {}", error_message(&e));
+            None
+        })
+        .execute()
+}
 
 /// Runs `f` in a subtransaction; an ERROR rolls back only that and comes back as its message.
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
@@ -15,11 +39,7 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
         pg_sys::MemoryContextSwitchTo(mcx);
         let r = PgTryBuilder::new(|| Ok(f()))
             .catch_others(move |e| {
-                let msg = match &e {
-                    CaughtError::PostgresError(r)
-                    | CaughtError::ErrorReport(r)
-                    | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
-                };
+                let msg = error_message(&e);
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 pg_sys::MemoryContextSwitchTo(mcx);
                 pg_sys::CurrentResourceOwner = owner;
@@ -48,4 +68,30 @@ pub fn on_latest_snapshot<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: the snapshot pushed above is still the active one: `f` pushes and pops in pairs.
     unsafe { pg_sys::PopActiveSnapshot() };
     r
+}
+
+/// Whether the transaction keeps one snapshot for all its statements (REPEATABLE READ or
+/// SERIALIZABLE).
+pub fn is_repeatable_read() -> bool {
+    // SAFETY: reading the transaction's isolation level on the backend's main thread.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// The current command id of the transaction (a statement's writes, ours included, advance it).
+pub fn command_id() -> u32 {
+    // SAFETY: reading this backend's command counter.
+    unsafe { pg_sys::GetCurrentCommandId(false) }
+}
+
+/// When the current statement started.
+pub fn statement_start() -> i64 {
+    // SAFETY: reading this backend's statement start time.
+    unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
+}
+
+/// Whether `xid` (a 32-bit transaction id) is the current transaction or one of its
+/// subtransactions.
+pub fn is_current_transaction(xid: u32) -> bool {
+    // SAFETY: a lookup in this backend's own transaction state.
+    unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xid)) }
 }

@@ -17,13 +17,13 @@ pub mod redis_sink;
 pub mod registry;
 
 use crate::gucs;
+use crate::pg::guc;
 use crate::redis_client;
 use outbox::{Event, Kind, Scope};
 use pg_redis_shared::apply::{self, ApplyContext, CapturedChange, Step};
 use pg_redis_shared::backoff::Backoff;
 use pg_redis_shared::TableMapping;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use redis_sink::{DeliveryConnection, Planned};
 use registry::WorkerState;
@@ -41,24 +41,7 @@ const GC_EVERY: Duration = Duration::from_secs(60);
 /// the outbox behind it).
 const TRANSACTION_TIME: Duration = Duration::from_millis(500);
 
-/// Runs `f` in its own transaction; an ERROR is logged, the transaction rolled back, and None
-/// returned (the worker lives on).
-pub(super) fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    let f = AssertUnwindSafe(f);
-    PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
-        .catch_others(|e| {
-            let msg = match &e {
-                CaughtError::PostgresError(r)
-                | CaughtError::ErrorReport(r)
-                | CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
-            };
-            // SAFETY: the failed transaction must be aborted before the next one starts.
-            unsafe { pg_sys::AbortCurrentTransaction() };
-            log!("pg_redis: {what} failed: {msg}");
-            None
-        })
-        .execute()
-}
+pub(super) use crate::pg::xact::in_transaction;
 
 /// Settings the workers need whatever a database or role setting says. They run as the
 /// bootstrap superuser: every unqualified name resolves in pg_catalog only. Key text is read
@@ -67,27 +50,14 @@ pub(super) fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> 
 /// (`pg::xact::on_latest_snapshot`), and the worker deletes what it delivered.
 pub(super) fn pin_settings() {
     crate::capture::canonical::pin_canonical_settings();
-    for (name, value) in [
-        (c"search_path", c"pg_catalog, pg_temp"),
-        (c"default_transaction_isolation", c"read committed"),
-        (c"default_transaction_read_only", c"off"),
-    ] {
-        // SAFETY: setting a GUC on the worker's main thread, as an override.
-        unsafe {
-            pg_sys::SetConfigOption(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_OVERRIDE,
-            );
-        }
-    }
+    guc::pin(c"search_path", c"pg_catalog, pg_temp");
+    guc::pin(c"default_transaction_isolation", c"read committed");
+    guc::pin(c"default_transaction_read_only", c"off");
 }
 
 pub(super) fn reload_config_if_asked() {
     if BackgroundWorker::sighup_received() {
-        // SAFETY: the documented way for a background worker to apply a reload.
-        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        guc::reload_config_file();
     }
 }
 

@@ -254,7 +254,7 @@ pub fn existing_keys(mapping: &TableMapping, table: pg_sys::Oid, keys: &[Vec<Str
     // key the sweep met would be taken for gone.
     let query = std::panic::AssertUnwindSafe(|| {
         on_latest_snapshot(|| {
-            crate::api::privileges::as_role(owner, || {
+            crate::pg::role::as_role(owner, || {
                 Spi::connect(|client| {
                     let args: Vec<pgrx::datum::DatumWithOid> = columns.clone().into_iter().map(Into::into).collect();
                     let rows = client.select(sql.as_str(), None, &args).unwrap_or_report();

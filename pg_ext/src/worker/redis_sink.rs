@@ -226,16 +226,13 @@ pub fn apply(
     let mut batch = Segment::default();
     for (i, p) in planned.iter().enumerate() {
         for step in &p.steps {
-            if failed.contains(&p.scope) {
-                // Its own refusal, if it had one, is the better reason to report.
-                if let Some(o @ Outcome::Applied) = outcomes.get_mut(i) {
-                    *o = Outcome::NotRun("an earlier change of the same scope was not applied".into());
-                }
+            if skipped(&failed, p.scope, outcomes.get_mut(i)) {
                 break;
             }
             match step {
                 Step::Commands(cmds) => batch.add(i, p.scope, cmds),
                 Step::DeleteAllKeys { scan_pattern } => {
+                    // The scan runs now: what went before it must have been applied.
                     batch.flush(conn, &mut outcomes, &mut failed)?;
                     if skipped(&failed, p.scope, outcomes.get_mut(i)) {
                         break;
@@ -269,8 +266,8 @@ pub fn apply(
     Ok(outcomes)
 }
 
-/// Whether a scan must not run, its scope having failed in the commands just flushed (the
-/// event's own refusal, if any, stays its outcome).
+/// Whether a step must not run, its scope having failed earlier in this call (the event's own
+/// refusal, if any, stays its outcome: the better reason to report).
 fn skipped(failed: &HashSet<Scope>, scope: Scope, outcome: Option<&mut Outcome>) -> bool {
     if !failed.contains(&scope) {
         return false;
