@@ -8,7 +8,7 @@
 //! and say what in `# Safety`.
 
 use redis_module::{raw, Context};
-use std::os::raw::c_int;
+use std::os::raw::{c_int, c_void};
 
 /// The database the calling client selected; `None` if the server lacks the call.
 #[inline]
@@ -72,4 +72,55 @@ pub unsafe fn reply_with_string_at(ctx: *mut raw::RedisModuleCtx, key: *mut raw:
         close(k);
         found
     }
+}
+
+/// The reply callback of a blocked client (Redis runs it on the main thread once unblocked).
+pub type ReplyCallback =
+    unsafe extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
+
+/// Frees a blocked client's private data (Redis runs it after the reply callback, or when the
+/// client left before it).
+pub type FreeCallback = unsafe extern "C" fn(*mut raw::RedisModuleCtx, *mut c_void);
+
+/// Blocks the calling client with no Redis timeout (the caller keeps its own deadlines) until
+/// [`unblock_client`]. `None` if the server cannot block module clients; a null handle if it
+/// refused.
+///
+/// # Safety
+/// `ctx` is the context of the running command. Redis later runs `on_reply` then `on_free` on
+/// the main thread with the private data given to [`unblock_client`]: both must accept it.
+#[inline]
+pub unsafe fn block_client(
+    ctx: &Context,
+    on_reply: ReplyCallback,
+    on_free: FreeCallback,
+) -> Option<*mut raw::RedisModuleBlockedClient> {
+    // SAFETY: a command's context (this function's contract); the callbacks accept what Redis
+    // passes them (likewise).
+    unsafe { raw::RedisModule_BlockClient.map(|block| block(ctx.ctx, Some(on_reply), None, Some(on_free), 0)) }
+}
+
+/// Unblocks a client; Redis hands `private_data` to its reply and free callbacks on the main
+/// thread. May be called from any thread. Does nothing if the server lacks the call.
+///
+/// # Safety
+/// `bc` came from [`block_client`] and is unblocked exactly once; `private_data` is what the
+/// callbacks given to [`block_client`] expect.
+#[inline]
+pub unsafe fn unblock_client(bc: *mut raw::RedisModuleBlockedClient, private_data: *mut c_void) {
+    // SAFETY: this function's contract: a live handle, unblocked once, with data its callbacks
+    // expect.
+    unsafe {
+        if let Some(unblock) = raw::RedisModule_UnblockClient {
+            unblock(bc, private_data);
+        }
+    }
+}
+
+/// In a blocked client's reply callback, the private data given to [`unblock_client`]; null
+/// if there is none or the server lacks the call.
+#[inline]
+pub fn blocked_client_private_data(ctx: &Context) -> *mut c_void {
+    // SAFETY: reads a field of a context Redis gave; the pointer is returned, not followed.
+    unsafe { raw::RedisModule_GetBlockedClientPrivateData.map(|f| f(ctx.ctx)) }.unwrap_or(std::ptr::null_mut())
 }
