@@ -8,7 +8,12 @@
 //! and say what in `# Safety`.
 
 use redis_module::{raw, Context};
+use std::ffi::CStr;
+use std::marker::PhantomData;
 use std::os::raw::{c_int, c_void};
+use std::ptr::NonNull;
+
+const OK: c_int = raw::REDISMODULE_OK as c_int;
 
 /// The database the calling client selected; `None` if the server lacks the call.
 #[inline]
@@ -123,4 +128,96 @@ pub unsafe fn unblock_client(bc: *mut raw::RedisModuleBlockedClient, private_dat
 pub fn blocked_client_private_data(ctx: &Context) -> *mut c_void {
     // SAFETY: reads a field of a context Redis gave; the pointer is returned, not followed.
     unsafe { raw::RedisModule_GetBlockedClientPrivateData.map(|f| f(ctx.ctx)) }.unwrap_or(std::ptr::null_mut())
+}
+
+/// A command handler that takes Redis's raw arguments.
+pub type RawCommand = extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
+
+/// Creates a command whose handler takes Redis's raw arguments. Meant for OnLoad (newer
+/// servers refuse it later). False if Redis refused or lacks the call.
+#[inline]
+pub fn create_command(
+    ctx: &Context,
+    name: &CStr,
+    handler: RawCommand,
+    flags: &CStr,
+    first: i32,
+    last: i32,
+    step: i32,
+) -> bool {
+    // SAFETY: a context Redis gave (the load context); Redis copies the strings; the handler is
+    // a safe function, sound for whatever arguments Redis passes.
+    unsafe {
+        raw::RedisModule_CreateCommand.is_some_and(|create| {
+            create(ctx.ctx, name.as_ptr(), Some(handler), flags.as_ptr(), first, last, step) == OK
+        })
+    }
+}
+
+/// Adds a module ACL category (OnLoad only; Redis refuses it later). `None` if the server has
+/// no module categories (before 7.4), else whether it was added.
+#[inline]
+pub fn add_acl_category(ctx: &Context, name: &CStr) -> Option<bool> {
+    // SAFETY: API pointer read once; a context Redis gave (the load context); Redis copies the
+    // name.
+    unsafe { raw::RedisModule_AddACLCategory.map(|add| add(ctx.ctx, name.as_ptr()) == OK) }
+}
+
+/// Whether the server can set command metadata (Redis 7.0+): [`get_command`] and
+/// [`set_command_info`] are both there.
+#[inline]
+pub fn has_command_info() -> bool {
+    // SAFETY: reading function pointers the module API fills in at load.
+    let (get, set) = unsafe { (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandInfo) };
+    get.is_some() && set.is_some()
+}
+
+/// A command of this module, for setting its metadata while the module loads.
+pub struct Command<'ctx> {
+    cmd: NonNull<raw::RedisModuleCommand>,
+    _ctx: PhantomData<&'ctx Context>,
+}
+
+/// This module's command `name`; `None` if there is no such command of this module or the
+/// server lacks the call.
+#[inline]
+pub fn get_command<'ctx>(ctx: &'ctx Context, name: &CStr) -> Option<Command<'ctx>> {
+    // SAFETY: a context Redis gave; Redis only reads the name.
+    let cmd = unsafe { raw::RedisModule_GetCommand.map(|get| get(ctx.ctx, name.as_ptr())) }?;
+    NonNull::new(cmd).map(|cmd| Command { cmd, _ctx: PhantomData })
+}
+
+/// Sets a command's summary, arity, key specs...; false if Redis refused or lacks the call.
+///
+/// # Safety
+/// Every pointer in `info` is valid for the call (Redis copies what they point to).
+#[inline]
+pub unsafe fn set_command_info(cmd: &Command<'_>, info: &raw::RedisModuleCommandInfo) -> bool {
+    // SAFETY: `cmd` came from get_command; `info`'s pointers are valid (this function's contract).
+    unsafe { raw::RedisModule_SetCommandInfo.is_some_and(|set| set(cmd.cmd.as_ptr(), info) == OK) }
+}
+
+/// Sets a command's ACL categories (OnLoad only; Redis refuses it later). Does nothing if the
+/// server lacks the call (before 7.2).
+#[inline]
+pub fn set_command_acl_categories(cmd: &Command<'_>, categories: &CStr) {
+    // SAFETY: `cmd` came from get_command; Redis parses the string and keeps nothing of it.
+    unsafe {
+        if let Some(set) = raw::RedisModule_SetCommandACLCategories {
+            set(cmd.cmd.as_ptr(), categories.as_ptr());
+        }
+    }
+}
+
+/// Loads the values the config file gives for the configurations registered so far. Meant for
+/// OnLoad, after registering (newer servers refuse it later); does nothing if the server lacks
+/// the call.
+#[inline]
+pub fn load_configs(ctx: &Context) {
+    // SAFETY: a context Redis gave (the load context).
+    unsafe {
+        if let Some(load) = raw::RedisModule_LoadConfigs {
+            load(ctx.ctx);
+        }
+    }
 }
