@@ -221,3 +221,11 @@ pub fn load_configs(ctx: &Context) {
         }
     }
 }
+
+/// Whether the Redis API is there to log to (not in unit tests, which run outside Redis).
+#[inline]
+pub fn can_log() -> bool {
+    // SAFETY: reading a function pointer the module API fills in at load.
+    let log = unsafe { raw::RedisModule_Log };
+    log.is_some()
+}
