@@ -6,7 +6,7 @@
 //! RM_UnblockClient arrives in the same event-loop turn as its own timeout, so clients are
 //! blocked without a Redis timeout and this module's deadline thread unblocks them instead.
 
-use crate::{config, guard, stats::STATS};
+use crate::{config, guard, module_api, stats::STATS};
 use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -74,12 +74,10 @@ pub fn may_block(ctx: &Context) -> bool {
 
 /// Blocks the calling client until [`Blocked::finish`] or its deadline.
 pub fn block(ctx: &Context) -> Result<Blocked, RedisError> {
-    // SAFETY: called from a command handler with its context; the callbacks are ours.
-    let bc = unsafe {
-        let Some(block) = raw::RedisModule_BlockClient else {
-            return Err(RedisError::Str("ERR this Redis cannot block module clients"));
-        };
-        block(ctx.ctx, Some(on_reply), None, Some(on_free), 0)
+    // SAFETY: called from a command handler with its context; the callbacks are ours, and take
+    // the Completion `unblock` hands over.
+    let Some(bc) = (unsafe { module_api::block_client(ctx, on_reply, on_free) }) else {
+        return Err(RedisError::Str("ERR this Redis cannot block module clients"));
     };
     if bc.is_null() {
         return Err(RedisError::Str("ERR redis_pg could not block the client"));
@@ -117,11 +115,7 @@ fn unblock(h: Handle, completion: Completion) {
     let pd = Box::into_raw(Box::new(completion)) as *mut c_void;
     // SAFETY: `h` came from RedisModule_BlockClient and is unblocked exactly once (the slot hands
     // it out once); Redis passes `pd` back to on_reply / on_free on the main thread.
-    unsafe {
-        if let Some(unblock) = raw::RedisModule_UnblockClient {
-            unblock(h.0, pd);
-        }
-    }
+    unsafe { module_api::unblock_client(h.0, pd) };
 }
 
 unsafe extern "C" fn on_reply(
@@ -130,13 +124,12 @@ unsafe extern "C" fn on_reply(
     _argc: c_int,
 ) -> c_int {
     let ctx = Context::new(ctx);
-    // SAFETY: the private data is the Completion boxed in `unblock`; on_free frees it later.
-    let pd = unsafe { raw::RedisModule_GetBlockedClientPrivateData.map(|f| f(ctx.ctx)) }.unwrap_or(std::ptr::null_mut())
-        as *mut Completion;
+    let pd = module_api::blocked_client_private_data(&ctx) as *mut Completion;
     let result = if pd.is_null() {
         Err(RedisError::Str("ERR redis_pg internal error: no result"))
     } else {
-        // SAFETY: see above; nothing else touches it while this callback runs.
+        // SAFETY: the private data is the Completion boxed in `unblock`; on_free frees it later,
+        // and nothing else touches it while this callback runs.
         let completion = unsafe { &mut *pd };
         let effect = completion.effect.take();
         completion.abandon = None;

@@ -5,7 +5,7 @@
 use crate::pg_target::{self, carries_password};
 use pg_redis_shared::redact::redact_url;
 use redis_module::configuration::{self as cfg, ConfigurationContext, ConfigurationFlags};
-use redis_module::{raw, Context};
+use redis_module::Context;
 use redis_module::{ConfigurationValue, RedisError, RedisString};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -206,12 +206,8 @@ pub fn register(ctx: &Context, on_pool_size: OnSet) {
     );
     cfg::register_string_configuration(ctx, "pg_ssl_ca_file", &PG_SSL_CA_FILE, "", ConfigurationFlags::DEFAULT, None);
     cfg::register_bool_configuration(ctx, "read_through", &READ_THROUGH, true, ConfigurationFlags::DEFAULT, None);
-    // SAFETY: called during OnLoad with its context, after registering.
-    unsafe {
-        if let Some(load) = raw::RedisModule_LoadConfigs {
-            load(ctx.ctx);
-        }
-    }
+    // Called during OnLoad with its context, after registering.
+    crate::module_api::load_configs(ctx);
 }
 
 /// Applies `name value` pairs given after the module path (they win over `redis_pg.*` lines of

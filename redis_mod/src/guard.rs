@@ -2,7 +2,8 @@
 //! and every thread the module starts runs inside `catch_unwind`, and log lines are escaped
 //! (Redis formats them printf-style) before they reach the log.
 
-use redis_module::{raw, RedisError, RedisResult, Status};
+use crate::module_api;
+use redis_module::{RedisError, RedisResult, Status};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -55,15 +56,8 @@ fn escape(msg: &str) -> String {
     msg.replace('%', "%%").replace('\0', "\\0")
 }
 
-/// Whether the Redis API is there to log to (not in unit tests).
-fn can_log() -> bool {
-    // SAFETY: reading a function pointer the module API fills in at load.
-    let log = unsafe { raw::RedisModule_Log };
-    log.is_some()
-}
-
 pub fn log_notice(msg: &str) {
-    if can_log() {
+    if module_api::can_log() {
         redis_module::logging::log_notice(escape(msg));
     } else {
         eprintln!("{msg}");
@@ -71,7 +65,7 @@ pub fn log_notice(msg: &str) {
 }
 
 pub fn log_warning(msg: &str) {
-    if can_log() {
+    if module_api::can_log() {
         redis_module::logging::log_warning(escape(msg));
     } else {
         eprintln!("{msg}");

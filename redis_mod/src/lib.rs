@@ -8,6 +8,7 @@
 //! - `blocking`: blocked clients with deadlines; every one gets an answer.
 //! - `commands`: one file per command; `command_info`: their metadata.
 //! - `guard`: no panic ever reaches redis-server.
+//! - `module_api`: every direct call into Redis's C module API.
 
 // An FFI crate: every unsafe block says why it is sound, and no index may panic inside a host
 // process unless a comment proves it in bounds.
@@ -20,6 +21,7 @@ mod commands;
 mod config;
 mod guard;
 mod mappings;
+mod module_api;
 mod pg_target;
 mod pg_tls;
 mod pool;

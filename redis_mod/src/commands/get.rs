@@ -5,6 +5,7 @@
 use super::{blame_key, block_for_pool, cached, check_db, check_key_values, encoded_reply, key_text};
 use crate::blocking::{Blocked, Completion};
 use crate::cache::{self, Fill, Miss};
+use crate::module_api::{self, StringAt};
 use crate::pool::{self, Job, Session};
 use crate::reply::to_redis;
 use crate::{config, mappings, stats::STATS};
@@ -14,9 +15,9 @@ use std::os::raw::c_int;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The entry point Redis calls. A hit on a string key is answered here with the raw API: no
-/// argument vector, no reference counting, one lookup, one copy into the reply. Everything
-/// else (hash values, misses, errors) takes [`run`].
+/// The entry point Redis calls. A hit on a string key is answered here with the raw API
+/// ([`module_api::reply_with_string_at`]): no argument vector, no reference counting, one
+/// lookup, one copy into the reply. Everything else (hash values, misses, errors) takes [`run`].
 pub extern "C" fn command(ctx: *mut raw::RedisModuleCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
     let fast = std::panic::catch_unwind(|| {
         if argc == 2 {
@@ -52,43 +53,17 @@ unsafe fn serve_string_hit(ctx: *mut raw::RedisModuleCtx, key: *mut raw::RedisMo
     if mappings::owns(RedisString::string_as_slice(key)) != Some(true) {
         return Fast::NotTried;
     }
-    // SAFETY: reading the calling client's selected database.
-    if unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx) as i64) } != Some(config::db()) {
+    if module_api::selected_db(&Context::new(ctx)) != Some(config::db()) {
         return Fast::NotTried;
     }
-    // SAFETY: the raw calls follow the module API contract: open, read, reply, close.
-    unsafe {
-        let (Some(open), Some(key_type), Some(dma), Some(reply), Some(close)) = (
-            raw::RedisModule_OpenKey,
-            raw::RedisModule_KeyType,
-            raw::RedisModule_StringDMA,
-            raw::RedisModule_ReplyWithStringBuffer,
-            raw::RedisModule_CloseKey,
-        ) else {
-            return Fast::NotTried;
-        };
-        let k = open(ctx, key, raw::REDISMODULE_READ as c_int);
-        if k.is_null() {
-            return Fast::Absent;
+    // SAFETY: `ctx` and `key` come from Redis for the running command (this function's contract).
+    match unsafe { module_api::reply_with_string_at(ctx, key) } {
+        StringAt::Replied => {
+            STATS.hits.inc();
+            Fast::Served
         }
-        let kind = key_type(k);
-        let served = if kind == raw::REDISMODULE_KEYTYPE_STRING as c_int {
-            let mut len: usize = 0;
-            let p = dma(k, &mut len, raw::REDISMODULE_READ as c_int);
-            if p.is_null() {
-                Fast::NotTried
-            } else {
-                reply(ctx, p, len);
-                STATS.hits.inc();
-                Fast::Served
-            }
-        } else if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
-            Fast::Absent
-        } else {
-            Fast::NotTried
-        };
-        close(k);
-        served
+        StringAt::Absent => Fast::Absent,
+        StringAt::Other => Fast::NotTried,
     }
 }
 

@@ -119,8 +119,7 @@ pub fn encoded_reply(value: Option<&Encoded>) -> RedisValue {
 /// PG.* commands work in the database the cache lives in (redis_pg.db): fills elsewhere would
 /// never be updated by the pushes.
 pub fn check_db(ctx: &Context) -> Result<(), RedisError> {
-    // SAFETY: reading the calling client's selected database.
-    let selected = unsafe { redis_module::raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx) as i64) }.unwrap_or(0);
+    let selected = crate::module_api::selected_db(ctx).unwrap_or(0);
     let want = config::db();
     if selected != want {
         return Err(RedisError::String(format!("ERR PG.* commands serve database {want} (redis_pg.db), where pg_redis keeps its rows; this connection selected database {selected}")));
