@@ -5,6 +5,7 @@
 //! backfill event always comes before any later change of it in the outbox.
 
 mod checks;
+mod mapping;
 
 use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, with_catalog_search_path};
 use crate::capture::canonical::with_canonical_settings;
@@ -14,7 +15,7 @@ use checks::{
     check_against_other_mappings, primary_key, require_preloaded, require_read_committed, require_unique_key,
     table_columns, Table,
 };
-use pg_redis_shared::apply::mappings_changed_key;
+use mapping::{active_mapping_id, current_database, insert_mapping, queue_mappings_changed, queue_row_event};
 use pg_redis_shared::mapping::{default_stream_key, quote_ident};
 use pg_redis_shared::{Error, Format, KeyTemplate, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -162,33 +163,6 @@ fn resync(tbl: PgRelation) -> i64 {
 
 fn lock(t: &Table) {
     Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.quoted)).unwrap_or_report();
-}
-
-fn current_database() -> String {
-    Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
-}
-
-fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid) -> i64 {
-    let key_columns: Vec<String> = m.key.columns().map(str::to_owned).collect();
-    Spi::get_one_with_args::<i64>(
-        "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel) \
-         VALUES ($1::oid::regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-        &[
-            oid.into(),
-            m.schema.clone().into(),
-            m.table.clone().into(),
-            m.key.as_str().to_owned().into(),
-            key_columns.into(),
-            m.key_types.clone().into(),
-            m.format.to_string().into(),
-            m.ttl.map(|t| t as i32).into(),
-            m.columns.clone().into(),
-            m.stream_key.clone().into(),
-            m.channel.clone().into(),
-        ],
-    )
-    .unwrap_or_report()
-    .unwrap_or_default()
 }
 
 const TRIGGERS: [&str; 2] = ["pg_redis_capture", "pg_redis_capture_truncate"];
@@ -347,26 +321,6 @@ pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
         queue_rows(&t, id);
     }
     wake::after_commit();
-}
-
-fn active_mapping_id(t: &Table) -> i64 {
-    match Spi::get_one_with_args::<i64>(
-        "SELECT id FROM redis.mapping WHERE table_name = $1::oid::regclass AND active",
-        &[t.oid.into()],
-    ) {
-        Ok(Some(id)) => id,
-        _ => raise(Error::NotSynced { table: t.display.clone() }),
-    }
-}
-
-fn queue_row_event(mapping_id: i64, op: OutboxOp) {
-    enqueue::table_event(mapping_id, op);
-}
-
-/// Tells readers of the mappings (the Redis module) to reload them, in order with the changes.
-fn queue_mappings_changed(database: &str, mapping_id: i64) {
-    let cmd = vec!["SET".to_string(), mappings_changed_key(database), mapping_id.to_string()];
-    enqueue::command(cmd);
 }
 
 /// Queues a read event for every row, partition by partition, in chunks bounded by rows and by
