@@ -3,14 +3,23 @@
 //! Each runs in the caller's transaction and takes a SHARE ROW EXCLUSIVE lock on the table, so
 //! no writer interleaves between installing the triggers and queueing the backfill: a row's
 //! backfill event always comes before any later change of it in the outbox.
+//!
+//! This file holds only the entry points (check, lock, act); the steps live by concern:
+//! - `checks`: what must hold before anything is stored (the table, its columns and keys).
+//! - `mapping`: mapping versions in `redis.mapping` and the outbox events about them.
+//! - `triggers`: creating and dropping the capture triggers.
+//! - `backfill`: queueing every row of a table.
+//! - `rename`: a mapping following a column rename (reached from the DDL hook, not from SQL).
 
 mod backfill;
 mod checks;
 mod mapping;
+mod rename;
 mod triggers;
 
 // The DDL hook (`crate::ddl`) reaches these through `api::sync`.
 pub(crate) use backfill::queue_leaf;
+pub(crate) use rename::follow_column_rename;
 pub(crate) use triggers::{drop_triggers_in_tree, install_truncate_triggers};
 
 use crate::api::privileges::as_extension_owner_pinned;
@@ -22,7 +31,7 @@ use checks::{
     table_columns, Table,
 };
 use mapping::{active_mapping_id, current_database, insert_mapping, queue_mappings_changed, queue_row_event};
-use pg_redis_shared::mapping::{default_stream_key, quote_ident};
+use pg_redis_shared::mapping::default_stream_key;
 use pg_redis_shared::{Error, Format, KeyTemplate, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
@@ -170,70 +179,4 @@ fn resync(tbl: PgRelation) -> i64 {
 
 fn lock(t: &Table) {
     Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", t.quoted)).unwrap_or_report();
-}
-
-/// A column of a synced table was renamed.
-/// - When the active mapping names it (a key column, or one of `columns`), a new mapping
-///   version names the new column instead (the key template too: `users:{id}` becomes
-///   `users:{uid}` and renders the same keys), the capture triggers move to the new version,
-///   and readers of the mappings (the module) are told, in order.
-/// - When the column is part of the stored value (every column is, without `columns`), every
-///   row is queued again: stored values carry field names as `to_jsonb` reports them, so the
-///   values pushed before the rename would otherwise keep the old name.
-///
-/// Events captured before the rename keep naming the older version, whose column names are
-/// those of their rows, so they still apply, in order, before the rows queued here.
-pub(crate) fn follow_column_rename(table: pg_sys::Oid, old: &str, new: &str) {
-    let followed = as_extension_owner_pinned(|| {
-        let row = Spi::connect(|c| {
-            c.select("SELECT id, key_template, key_columns, columns FROM redis.mapping WHERE table_name = $1::oid::regclass AND active", None, &[table.into()])
-                .unwrap_or_report()
-                .next()
-                .map(|r| {
-                    (
-                        r.get::<i64>(1).ok().flatten().unwrap_or_default(),
-                        r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                        r.get::<Vec<String>>(3).ok().flatten().unwrap_or_default(),
-                        r.get::<Vec<String>>(4).ok().flatten(),
-                    )
-                })
-        });
-        let (old_id, template, key_columns, columns) = row?;
-        let listed = columns.as_ref().is_some_and(|cols| cols.iter().any(|c| c == old));
-        let stored = columns.is_none() || listed;
-        let names = Spi::get_two_with_args::<String, String>(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-            &[table.into()],
-        )
-        .unwrap_or_report();
-        let (Some(schema), Some(name)) = names else { return None };
-        let display = if schema == "public" { name.clone() } else { format!("{schema}.{name}") };
-        let quoted = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-        let t = Table { oid: table, schema, name, display, quoted };
-        if !key_columns.iter().any(|c| c == old) && !listed {
-            return Some((t, old_id, stored));
-        }
-        let renamed = crate::ddl::renames::rename_in_template(&template, old, new);
-        if let Err(e) = KeyTemplate::parse(&renamed) {
-            raise(Error::KeyColumnRename { old: old.to_owned(), new: new.to_owned(), reason: e.to_string() });
-        }
-        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[old_id.into()])
-            .unwrap_or_report();
-        let new_id = Spi::get_one_with_args::<i64>(
-            "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel) \
-             SELECT table_name, schema_name, rel_name, $2, array_replace(key_columns, $3, $4), key_types, format, ttl, array_replace(columns, $3, $4), stream_key, channel \
-               FROM redis.mapping WHERE id = $1 RETURNING id",
-            &[old_id.into(), renamed.into(), old.into(), new.into()],
-        )
-        .unwrap_or_report()
-        .unwrap_or_default();
-        install_triggers(&t, new_id);
-        queue_mappings_changed(&current_database(), new_id);
-        Some((t, new_id, stored))
-    });
-    if let Some((t, id, true)) = followed {
-        // Read as the user renaming the column (the table's owner), like a backfill.
-        queue_rows(&t, id);
-    }
-    wake::after_commit();
 }
