@@ -22,8 +22,7 @@ pub(super) struct Column {
 /// The backfill reads the table in the caller's snapshot: under REPEATABLE READ that snapshot
 /// predates the lock, and a change committed while waiting for it would be missed.
 pub(super) fn require_read_committed(what: &str) {
-    // SAFETY: reading the transaction's isolation level.
-    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+    if crate::pg::xact::is_repeatable_read() {
         raise(Error::NeedsReadCommitted { what: what.to_owned() });
     }
 }
