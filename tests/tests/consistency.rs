@@ -317,25 +317,43 @@ fn sweeps_see_rows_committed_while_the_worker_was_busy() {
 }
 
 /// The worker keeps its own transaction rules whatever the database's defaults say: a
-/// read-only default would keep it from deleting what it delivered, a serializable one would
-/// hold one snapshot over several batches.
+/// read-only default would keep it from deleting what it delivered (it would send the same
+/// batch forever), a lock timeout would let a sweep waiting behind another transaction's lock
+/// keep every key it could not check, and a serializable default would make it fail on
+/// conflicts with writers.
 #[test]
 fn database_transaction_defaults_do_not_reach_the_worker() {
     let mut env = Env::start("cons_worker_defaults");
     env.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 50) g;
          SELECT redis.sync_table('t');
+         CREATE TABLE m (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1); CREATE TABLE m2 PARTITION OF m FOR VALUES IN (2);
+         INSERT INTO m SELECT g, 1 + g % 2, 'v' FROM generate_series(1, 20) g; SELECT redis.sync_table('m');
          ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';
-         ALTER DATABASE postgres SET default_transaction_read_only = on;",
+         ALTER DATABASE postgres SET default_transaction_read_only = on;
+         ALTER DATABASE postgres SET lock_timeout = '1ms'; ALTER DATABASE postgres SET statement_timeout = '1ms';",
     );
     env.wait_synced();
     env.servers.pg.restart().unwrap();
+    let own_rules = "SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed';
+                     SET lock_timeout = 0; SET statement_timeout = 0";
     env.pg = env.pg_client();
-    env.sql("SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed'");
+    env.sql(own_rules);
     env.sql("UPDATE t SET v = 'w' WHERE id <= 10; DELETE FROM t WHERE id > 40; SELECT redis.resync('t')");
     env.wait_synced();
     env.assert_consistent("t");
+    // The sweep of a TRUNCATE of m1 checks m's rows, and must wait for m2's lock.
+    let _: () = redis::cmd("SET").arg("m:999:1").arg("{}").query(&mut env.redis).unwrap();
+    let mut holder = env.pg_client();
+    holder.batch_execute(own_rules).unwrap();
+    holder.batch_execute("BEGIN; LOCK TABLE m2 IN ACCESS EXCLUSIVE MODE").unwrap();
+    env.sql("TRUNCATE m1");
+    std::thread::sleep(Duration::from_millis(500));
+    holder.batch_execute("COMMIT").unwrap();
+    env.wait_synced();
+    assert_eq!(env.get("m:999:1"), None, "the sweep waited for the lock and removed the key without a row");
+    env.assert_consistent("m");
     let queued: i64 = env.pg.query_one("SELECT count(*) FROM redis.outbox", &[]).unwrap().get(0);
     assert_eq!(queued, 0, "the worker deleted what it delivered");
-    env.sql("ALTER DATABASE postgres RESET ALL");
 }

@@ -48,6 +48,13 @@ pub fn pin(name: &CStr, value: &CStr) {
     }
 }
 
+/// [`pin`], when this PostgreSQL version has the setting (a name it does not know is an ERROR).
+pub fn pin_if_known(name: &CStr, value: &CStr) {
+    if with_current(name, |v| v.is_some()) {
+        pin(name, value);
+    }
+}
+
 /// Calls `f` with the current value of `name` as text (None for an unknown setting), read in
 /// place: the GUC machinery reuses its buffer on the next call, and the trigger's hot path
 /// should not copy it.

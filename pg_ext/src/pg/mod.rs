@@ -3,8 +3,13 @@
 //! (`compat`: nothing else knows which version it runs on; built with the `pg15` or `pg18`
 //! feature, 16 and 17 build with theirs, untested here), transactions and snapshots (`xact`),
 //! settings (`guc`), roles (`role`), relations in the catalog caches (`catalog`) and row
-//! tuples (`tuple`). Parse trees of DDL (`ddl/`, `hooks.rs`) and the shared-memory registry
-//! (`worker/registry.rs`) keep their own: each is the one place that reads them.
+//! tuples (`tuple`): what more than one part of the extension uses.
+//!
+//! What one part alone needs stays with it, as the one place that touches it: parse trees of
+//! DDL (`ddl/`, `hooks.rs`), the shared-memory registry and latches (`worker/registry.rs`,
+//! `api/status.rs`), the backfill's chunked SPI reads (`api/sync/backfill.rs`), the trigger
+//! DDL's relation opening (`api/sync/triggers.rs`), process start-up (`lib.rs`, the workers'
+//! main functions).
 
 pub mod catalog;
 pub mod compat;

@@ -31,6 +31,9 @@ pub unsafe fn row_to_jsonb(
 
 /// A call descriptor of `to_jsonb` whose argument is known to be of `rowtype` (to_jsonb reads
 /// its argument's type from the call expression).
+///
+/// # Safety
+/// `rowtype` is a composite type; called on the backend's main thread.
 unsafe fn to_jsonb_for(rowtype: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
     // SAFETY: allocations in TopMemoryContext, kept for the life of the backend.
     unsafe {
@@ -56,6 +59,9 @@ unsafe fn to_jsonb_for(rowtype: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
 /// Whether an UPDATE changed any of `columns` (every column when None). Binary comparison: a
 /// value rewritten to an equal but differently stored form counts as a change, which is
 /// harmless.
+///
+/// # Safety
+/// `old` and `new` are the live tuples of one UPDATE, both described by `tupdesc`.
 pub unsafe fn columns_changed(
     columns: Option<&[String]>,
     old: *mut pg_sys::HeapTupleData,
@@ -92,6 +98,11 @@ pub unsafe fn columns_changed(
     false
 }
 
+/// Whether two values of one attribute hold the same bytes.
+///
+/// # Safety
+/// `a` and `b` are non-null values of an attribute whose `attbyval` and `attlen` are `byval`
+/// and `len`.
 unsafe fn same_datum(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
     if byval {
         return a == b;

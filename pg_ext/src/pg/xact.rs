@@ -61,6 +61,7 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R
 /// misses every row committed since. The worker runs READ COMMITTED (see
 /// `worker::pin_settings`), so the transaction snapshot asked for here is a new one.
 pub fn on_latest_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    debug_assert!(!is_repeatable_read(), "a REPEATABLE READ transaction has one snapshot");
     // SAFETY: pushed and popped around `f`; should `f` raise an ERROR, the (sub)transaction's
     // abort pops what it pushed.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };

@@ -47,12 +47,18 @@ pub(super) use crate::pg::xact::in_transaction;
 /// bootstrap superuser: every unqualified name resolves in pg_catalog only. Key text is read
 /// under the settings it was written with. Transactions are READ COMMITTED and writable: each
 /// batch, and each sweep's check of which rows exist, must see what is committed when it runs
-/// (`pg::xact::on_latest_snapshot`), and the worker deletes what it delivered.
+/// (`pg::xact::on_latest_snapshot`), and the worker deletes what it delivered. No timeout cuts
+/// a delivery transaction short: it would be sent again and again, and a sweep waiting behind
+/// a lock would keep every key it could not check.
 pub(super) fn pin_settings() {
     crate::capture::canonical::pin_canonical_settings();
     guc::pin(c"search_path", c"pg_catalog, pg_temp");
     guc::pin(c"default_transaction_isolation", c"read committed");
     guc::pin(c"default_transaction_read_only", c"off");
+    guc::pin(c"statement_timeout", c"0");
+    guc::pin(c"lock_timeout", c"0");
+    // PostgreSQL 17 and later.
+    guc::pin_if_known(c"transaction_timeout", c"0");
 }
 
 pub(super) fn reload_config_if_asked() {

@@ -209,7 +209,9 @@ fn mapping_versions_sql() -> String {
 
 /// Mapping versions by id, with the oid of their table.
 pub fn load_mappings(ids: &[i64]) -> Vec<(TableMapping, pg_sys::Oid)> {
-    // A mapping (or its table's new name) committed after this transaction began must be seen.
+    // A mapping (or its table's new name) committed after this transaction began must be seen:
+    // SPI reads on the transaction's first snapshot until the transaction has written, which
+    // `read_batch` (rows locked) has done by now; say so rather than rely on it.
     on_latest_snapshot(|| {
         Spi::connect(|client| {
             let rows = client.select(&mapping_versions_sql(), None, &[ids.to_vec().into()]).unwrap_or_report();
