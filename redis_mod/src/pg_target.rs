@@ -107,18 +107,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verify_modes_are_ours() {
-        let t = parse("postgresql://u@h/db?sslmode=verify-full&application_name=x").unwrap();
+    fn verify_modes_are_ours() -> Result<(), String> {
+        let t = parse("postgresql://u@h/db?sslmode=verify-full&application_name=x")?;
         assert_eq!(t.tls, TlsMode::VerifyFull);
         assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
         assert_eq!(t.config.get_application_name(), Some("x"));
-        let t = parse("host=h sslmode = verify-ca dbname=d").unwrap();
+        let t = parse("host=h sslmode = verify-ca dbname=d")?;
         assert_eq!(t.tls, TlsMode::VerifyCa);
         assert_eq!(t.config.get_dbname(), Some("d"));
-        assert_eq!(parse("postgresql://u@h/db?sslmode=require").unwrap().tls, TlsMode::Require);
-        assert_eq!(parse("postgresql://u@h/db?sslmode=disable").unwrap().tls, TlsMode::Disable);
-        assert_eq!(parse("postgresql://u@h/db").unwrap().tls, TlsMode::Prefer);
+        assert_eq!(parse("postgresql://u@h/db?sslmode=require")?.tls, TlsMode::Require);
+        assert_eq!(parse("postgresql://u@h/db?sslmode=disable")?.tls, TlsMode::Disable);
+        assert_eq!(parse("postgresql://u@h/db")?.tls, TlsMode::Prefer);
         assert!(parse("postgresql://u@h/db?sslmode=verify-half").is_err());
+        Ok(())
     }
 
     #[test]
