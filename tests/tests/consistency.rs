@@ -357,3 +357,34 @@ fn database_transaction_defaults_do_not_reach_the_worker() {
     let queued: i64 = env.pg.query_one("SELECT count(*) FROM redis.outbox", &[]).unwrap().get(0);
     assert_eq!(queued, 0, "the worker deleted what it delivered");
 }
+
+/// An ERROR inside the worker's own transaction (here a trigger an administrator put on the
+/// outbox) rolls that transaction back: nothing is lost, the events are sent again once it
+/// passes, and the worker says why it is backing off.
+#[test]
+fn an_error_in_the_delivery_transaction_is_shown_and_loses_nothing() {
+    let mut env = Env::start("cons_delivery_error");
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT redis.sync_table('t');
+         CREATE FUNCTION public.no_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no deletes today'; END $$;
+         CREATE TRIGGER no_deletes BEFORE DELETE ON redis.outbox FOR EACH ROW EXECUTE FUNCTION public.no_deletes();
+         INSERT INTO t SELECT g, 'v' FROM generate_series(1, 20) g;",
+    );
+    let t0 = Instant::now();
+    let shown = loop {
+        let row = env.pg.query_one("SELECT state, last_error FROM redis.worker_status()", &[]).unwrap();
+        let (state, error): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+        if error.as_deref().is_some_and(|e| e.contains("no deletes today")) {
+            break (state, error);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the worker never said why: {state:?} {error:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(shown.1.as_deref().is_some_and(|e| e.starts_with("delivering changes failed")), "{shown:?}");
+    let queued: i64 =
+        env.pg.query_one("SELECT count(*) FROM redis.outbox WHERE new_row IS NOT NULL", &[]).unwrap().get(0);
+    assert_eq!(queued, 20, "the rolled-back transaction kept every row's event");
+    env.sql("DROP TRIGGER no_deletes ON redis.outbox; UPDATE t SET v = 'w' WHERE id <= 5");
+    env.wait_synced();
+    env.assert_consistent("t");
+}

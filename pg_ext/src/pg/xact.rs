@@ -15,18 +15,22 @@ pub fn error_message(e: &CaughtError) -> String {
     }
 }
 
-/// Runs `f` in a transaction of its own (background workers only); an ERROR is logged with
-/// `what` failed, the transaction rolled back, and None returned, so the worker lives on.
-pub fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+/// Runs `f` in a transaction of its own (background workers only); an ERROR rolls the
+/// transaction back and comes back as its message, so the worker lives on.
+pub fn try_in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let f = AssertUnwindSafe(f);
-    PgTryBuilder::new(AssertUnwindSafe(|| Some(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
+    PgTryBuilder::new(AssertUnwindSafe(|| Ok(BackgroundWorker::transaction(AssertUnwindSafe(|| (f.0)())))))
         .catch_others(|e| {
             // SAFETY: the failed transaction must be aborted before the next one starts.
             unsafe { pg_sys::AbortCurrentTransaction() };
-            log!("pg_redis: {what} failed: {}", error_message(&e));
-            None
+            Err(error_message(&e))
         })
         .execute()
+}
+
+/// [`try_in_transaction`], logging an ERROR as `what` failed and giving None.
+pub fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    try_in_transaction(f).map_err(|msg| log!("pg_redis: {what} failed: {msg}")).ok()
 }
 
 /// Runs `f` in a subtransaction; an ERROR rolls back only that and comes back as its message.

@@ -42,6 +42,7 @@ const GC_EVERY: Duration = Duration::from_secs(60);
 const TRANSACTION_TIME: Duration = Duration::from_millis(500);
 
 pub(super) use crate::pg::xact::in_transaction;
+use crate::pg::xact::try_in_transaction;
 
 /// Settings the workers need whatever a database or role setting says. They run as the
 /// bootstrap superuser: every unqualified name resolves in pg_catalog only. Key text is read
@@ -171,11 +172,9 @@ impl Worker {
                         log!("pg_redis: extension dropped in database {}; worker stops", self.database);
                         return Exit::Done;
                     }
-                    // An ERROR in the delivery transaction (logged): back off as for Redis.
-                    let wait =
-                        self.backoff.fail(Instant::now(), ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()));
-                    registry::set_state(self.dboid, WorkerState::Backoff, None);
-                    wait
+                    // An ERROR in the delivery transaction (logged, and shown as the worker's last
+                    // error): back off as for Redis.
+                    self.backoff.fail(Instant::now(), ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()))
                 }
             };
             if last_gc.elapsed() > GC_EVERY {
@@ -257,10 +256,17 @@ impl Worker {
         }
         let limit = gucs::BATCH_SIZE.get() as i64;
         let this = AssertUnwindSafe(&mut *self);
-        in_transaction("delivering changes", move || {
+        let delivered = try_in_transaction(move || {
             let this = this;
             this.0.deliver(limit)
-        })
+        });
+        delivered
+            .map_err(|msg| {
+                let msg = format!("delivering changes failed: {msg}");
+                log!("pg_redis: {msg}");
+                registry::set_state(self.dboid, WorkerState::Backoff, Some(&msg));
+            })
+            .ok()
     }
 
     /// Delivers batches in one transaction for up to TRANSACTION_TIME: while Redis executes
