@@ -19,6 +19,10 @@ CREATE TABLE redis.mapping (
     channel       text,
     active        boolean NOT NULL DEFAULT true,
     created_at    timestamptz NOT NULL DEFAULT now()
+) WITH (
+    -- Logical decoding (the output plugin pg_redis) reads it under the historic snapshot of
+    -- each change: the version in force when the change was made.
+    user_catalog_table = true
 );
 CREATE UNIQUE INDEX mapping_one_active_per_table ON redis.mapping (table_name) WHERE active;
 

@@ -14,6 +14,7 @@ pub mod key_type;
 pub mod mapping;
 pub mod redact;
 pub mod sql;
+pub mod wal;
 
 pub use encoding::Row;
 pub use error::{Error, ErrorKind, Result};

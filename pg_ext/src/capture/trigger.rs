@@ -11,6 +11,7 @@
 
 use crate::api::privileges::as_extension_owner;
 use crate::capture::canonical::with_canonical_settings;
+use crate::capture::watch::Watch;
 use crate::capture::{enqueue, wake};
 use crate::errors::raise;
 use crate::pg::tuple::{columns_changed, row_to_jsonb};
@@ -27,16 +28,6 @@ thread_local! {
     /// What the trigger needs of each mapping version, by (trigger oid, mapping id): versions
     /// never change, and a recreated extension has new triggers.
     static MAPPINGS: RefCell<HashMap<(u32, i64), Rc<Watch>>> = RefCell::new(HashMap::new());
-}
-
-struct Watch {
-    /// Columns whose change matters, by name; `None` means every column.
-    columns: Option<Vec<String>>,
-    key_columns: Vec<String>,
-    /// Whether events carry the old row (`before`) to a stream or channel.
-    needs_before: bool,
-    /// The synced table; a TRUNCATE of one of its partitions fires on the partition.
-    table: pg_sys::Oid,
 }
 
 #[pg_trigger(sql = r#"
@@ -172,15 +163,7 @@ fn watch(tgoid: pg_sys::Oid, mapping_id: i64) -> Rc<Watch> {
     let Some((columns, key_columns, needs_before, table)) = row else {
         raise(Error::TriggerMappingGone { mapping_id });
     };
-    let w = Rc::new(Watch {
-        columns: columns.map(|mut c| {
-            c.extend(key_columns.iter().cloned());
-            c
-        }),
-        key_columns,
-        needs_before,
-        table,
-    });
+    let w = Rc::new(Watch::new(mapping_id, columns, key_columns, needs_before, table));
     MAPPINGS.with_borrow_mut(|m| m.insert(key, w.clone()));
     w
 }

@@ -1,7 +1,8 @@
 //! Version differences: object ownership checks (one function per catalog until 15, one for
 //! all catalogs since 16), the local transaction id (inside the virtual transaction id since
-//! 17), where a tuple descriptor keeps its attributes (after the compact ones since 18), and
-//! the arguments of enabling a trigger (a parent and recursion since 16).
+//! 17), where a tuple descriptor keeps its attributes (after the compact ones since 18), the
+//! arguments of enabling a trigger (a parent and recursion since 16), and where a decoded
+//! row change keeps its tuples (in a buffer until 16).
 
 use pgrx::pg_sys;
 
@@ -65,5 +66,31 @@ pub unsafe fn enable_trigger_always(rel: pg_sys::Relation, name: &std::ffi::CStr
     // SAFETY: see the function's contract; no parent trigger, no recursion.
     unsafe {
         pg_sys::EnableDisableTrigger(rel, name.as_ptr(), pg_sys::InvalidOid, always, false, false, lockmode)
+    }
+}
+
+/// The old and new tuples of a decoded row change (either may be null): inside a buffer until
+/// 16, the tuple itself since 17.
+///
+/// # Safety
+/// `change` is a live INSERT, UPDATE or DELETE change handed to an output plugin callback.
+pub unsafe fn decoded_tuples(change: *const pg_sys::ReorderBufferChange) -> (pg_sys::HeapTuple, pg_sys::HeapTuple) {
+    // SAFETY: see the function's contract; `tp` is the union member of row changes.
+    let tp = unsafe { (*change).data.tp };
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    {
+        let tuple = |b: *mut pg_sys::ReorderBufferTupleBuf| {
+            if b.is_null() {
+                std::ptr::null_mut()
+            } else {
+                // SAFETY: a non-null buffer of this change, which holds its tuple inline.
+                unsafe { &raw mut (*b).tuple }
+            }
+        };
+        (tuple(tp.oldtuple), tuple(tp.newtuple))
+    }
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    {
+        (tp.oldtuple, tp.newtuple)
     }
 }

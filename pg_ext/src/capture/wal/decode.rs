@@ -1,0 +1,188 @@
+//! A decoded row change of a synced table becomes the record the trigger would have queued:
+//! the same `to_jsonb` under the same canonical settings, the same filter of UPDATEs that
+//! change nothing mapped, the old row kept only for a new key or a stream or channel.
+//!
+//! What the WAL may lack, and what stands in for it (never a guess):
+//! - an UPDATE keeps a large value stored out of line: the WAL has only a pointer to it. The
+//!   old row has the value when the replica identity is FULL; otherwise the record asks the
+//!   worker to re-read the row (`Refetch`).
+//! - a DELETE names only the replica identity's columns (or none at all): when that does not
+//!   hold the key, the record asks for a sweep of the table's keys.
+
+use crate::capture::canonical::with_canonical_settings;
+use crate::capture::watch::Watch;
+use crate::pg::compat::attributes;
+use crate::pg::tuple::{columns_changed, row_to_jsonb};
+use pg_redis_shared::wal::{WalOp, WalRecord};
+use pg_redis_shared::{Op, OutboxOp};
+use pgrx::pg_sys::ReorderBufferChangeType as Action;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// The record of one INSERT, UPDATE or DELETE of `rel`, or None when it changes nothing
+/// pg_redis keeps.
+///
+/// # Safety
+/// `rel` is the open relation of the change; `old` and `new` are its tuples (or null), described
+/// by `rel`'s descriptor; the historic snapshot of the change is in force.
+pub unsafe fn row_change(
+    rel: pg_sys::Relation,
+    watch: &Watch,
+    action: Action::Type,
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+) -> Option<WalRecord> {
+    // SAFETY: see the function's contract.
+    let (desc, rowtype, identity) =
+        unsafe { ((*rel).rd_att, (*(*rel).rd_rel).reltype, (*(*rel).rd_rel).relreplident as u8) };
+    let full = identity == pg_sys::REPLICA_IDENTITY_FULL;
+    let old = (!old.is_null()).then_some(old);
+    let new = (!new.is_null()).then_some(new);
+    let change = |op: OutboxOp, before: Option<pg_sys::HeapTuple>, after: Option<pg_sys::HeapTuple>| {
+        // SAFETY: tuples of this change, described by desc.
+        let text = |t: pg_sys::HeapTuple| unsafe { jsonb_text(t, desc, rowtype) };
+        WalRecord::Change {
+            mapping_id: watch.mapping_id,
+            op: WalOp::Outbox(op),
+            before: before.map(text),
+            after: after.map(text),
+        }
+    };
+    let sweep = WalRecord::Change {
+        mapping_id: watch.mapping_id,
+        op: WalOp::Outbox(OutboxOp::Sweep),
+        before: None,
+        after: None,
+    };
+    match action {
+        Action::REORDER_BUFFER_CHANGE_INSERT => new.map(|n| change(OutboxOp::Row(Op::Create), None, Some(n))),
+        Action::REORDER_BUFFER_CHANGE_UPDATE => {
+            let new = new?;
+            // SAFETY: both tuples belong to this change.
+            let (new, missing) = unsafe { with_unchanged_values(new, old, desc, watch.columns.as_deref()) };
+            if missing {
+                return Some(WalRecord::Change {
+                    mapping_id: watch.mapping_id,
+                    op: WalOp::Refetch,
+                    before: None,
+                    // SAFETY: as above.
+                    after: Some(unsafe { jsonb_text(new, desc, rowtype) }),
+                });
+            }
+            if let Some(o) = old {
+                // SAFETY: as above.
+                if !unsafe { columns_changed(watch.columns.as_deref(), o, new, desc) } {
+                    return None;
+                }
+            }
+            // SAFETY: as above.
+            let keep_old = old
+                .filter(|o| watch.needs_before || unsafe { columns_changed(Some(&watch.key_columns), *o, new, desc) });
+            Some(change(OutboxOp::Row(Op::Update), keep_old, Some(new)))
+        }
+        Action::REORDER_BUFFER_CHANGE_DELETE => match old {
+            // SAFETY: as above.
+            Some(o) if full || unsafe { holds_key(o, desc, &watch.key_columns) } => {
+                Some(change(OutboxOp::Row(Op::Delete), Some(o), None))
+            }
+            _ => Some(sweep),
+        },
+        _ => None,
+    }
+}
+
+/// The text of `to_jsonb(row)`, as the trigger computes it.
+///
+/// # Safety
+/// `tuple` is live and described by `desc`, whose row type is `rowtype`.
+unsafe fn jsonb_text(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, rowtype: pg_sys::Oid) -> String {
+    with_canonical_settings(|| {
+        // SAFETY: see the function's contract; jsonb_out returns a palloc'd C string.
+        unsafe {
+            let jsonb = row_to_jsonb(tuple, desc, rowtype);
+            let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), jsonb);
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        }
+    })
+}
+
+/// `new` with each value the UPDATE left out of line (only a pointer in the WAL) taken from
+/// `old`, and whether a mapped column's value was nowhere to be had (then set to NULL).
+///
+/// # Safety
+/// `new` and `old` are tuples of one UPDATE, described by `desc`.
+unsafe fn with_unchanged_values(
+    new: pg_sys::HeapTuple,
+    old: Option<pg_sys::HeapTuple>,
+    desc: pg_sys::TupleDesc,
+    mapped: Option<&[String]>,
+) -> (pg_sys::HeapTuple, bool) {
+    // SAFETY: see the function's contract; the arrays hold natts entries each.
+    unsafe {
+        let attrs = attributes(desc);
+        let natts = attrs.len();
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![true; natts];
+        pg_sys::heap_deform_tuple(new, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let (mut old_values, mut old_nulls) = (vec![pg_sys::Datum::from(0usize); natts], vec![true; natts]);
+        if let Some(o) = old {
+            pg_sys::heap_deform_tuple(o, desc, old_values.as_mut_ptr(), old_nulls.as_mut_ptr());
+        }
+        let (mut replaced, mut missing) = (false, false);
+        for (i, att) in attrs.iter().enumerate() {
+            let (Some(value), Some(null)) = (values.get_mut(i), nulls.get_mut(i)) else { continue };
+            if *null || att.attlen != -1 || !is_out_of_line(*value) {
+                continue;
+            }
+            replaced = true;
+            match (old_values.get(i), old_nulls.get(i)) {
+                (Some(v), Some(false)) if !is_out_of_line(*v) => *value = *v,
+                _ => {
+                    *null = true;
+                    let name = CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
+                    missing |= mapped.is_none_or(|m| m.iter().any(|c| c.as_bytes() == name));
+                }
+            }
+        }
+        if !replaced {
+            return (new, false);
+        }
+        (pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr()), missing)
+    }
+}
+
+/// Whether a varlena datum is a pointer to a value stored out of line on disk.
+///
+/// # Safety
+/// `value` is a non-null datum of a varlena column.
+unsafe fn is_out_of_line(value: pg_sys::Datum) -> bool {
+    let p = value.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: see the function's contract.
+    unsafe {
+        pgrx::varlena::varatt_is_1b_e(p)
+            && pgrx::varlena::vartag_external(p) == pg_sys::vartag_external::VARTAG_ONDISK as u8
+    }
+}
+
+/// Whether `old` holds a value in every key column (the replica identity may log fewer).
+///
+/// # Safety
+/// `old` is live and described by `desc`.
+unsafe fn holds_key(old: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, key_columns: &[String]) -> bool {
+    // SAFETY: see the function's contract.
+    let attrs = unsafe { attributes(desc) };
+    key_columns.iter().all(|k| {
+        attrs
+            .iter()
+            .position(|a| {
+                // SAFETY: attname is a NUL-terminated NameData.
+                !a.attisdropped && unsafe { CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes() == k.as_bytes()
+            })
+            .is_some_and(|i| {
+                let mut isnull = true;
+                // SAFETY: i is within the descriptor.
+                unsafe { pg_sys::heap_getattr(old, i as i32 + 1, desc, &mut isnull) };
+                !isnull
+            })
+    })
+}

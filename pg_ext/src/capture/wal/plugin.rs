@@ -1,0 +1,232 @@
+//! The output plugin `pg_redis` (`pg_create_logical_replication_slot(name, 'pg_redis')`): the
+//! extension's library is also a logical decoding plugin. It sees committed transactions only,
+//! whole and in commit order (no streaming, no two-phase callbacks), and writes one text
+//! record per change of a synced table and one per commit (`shared::wal`).
+//!
+//! Decoding runs inside a transaction PostgreSQL opens and aborts itself: the callbacks read
+//! catalogs (and `redis.mapping`, a user catalog table) under the historic snapshot, and never
+//! write or take a transaction id. Each change is turned into text in a memory context reset
+//! right after it.
+
+use super::decode;
+use super::synced::{Relation, Relations};
+use pg_redis_shared::wal::{WalOp, WalRecord};
+use pg_redis_shared::{Op, OutboxOp};
+use pgrx::pg_sys::ReorderBufferChangeType as Action;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A transaction with nothing for pg_redis still gets a record this often, so that whoever
+/// consumes the slot can advance it past such transactions (the WAL they keep is released).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// One decoding session (a slot's decoding context): what is known of the relations, whether
+/// the transaction being decoded wrote records.
+struct Session {
+    context: pg_sys::MemoryContext,
+    relations: Relations,
+    wrote: bool,
+    last_record: Instant,
+}
+
+thread_local! {
+    /// A process decodes one slot at a time.
+    static SESSION: RefCell<Option<Session>> = const { RefCell::new(None) };
+}
+
+/// Registers the callbacks; PostgreSQL calls it when a slot using plugin `pg_redis` starts
+/// decoding.
+///
+/// # Safety
+/// Called by PostgreSQL with its zeroed callback table.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPluginCallbacks) {
+    // SAFETY: see the function's contract.
+    let cb = unsafe { &mut *cb };
+    cb.startup_cb = Some(startup);
+    cb.begin_cb = Some(begin);
+    cb.change_cb = Some(change);
+    cb.truncate_cb = Some(truncate);
+    cb.commit_cb = Some(commit);
+    cb.shutdown_cb = Some(shutdown);
+    // No origin filter: changes a subscription applies are synced too, as the capture trigger
+    // (ENABLE ALWAYS) syncs them. No stream or prepare callback: only committed transactions.
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn startup(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    options: *mut pg_sys::OutputPluginOptions,
+    _is_init: bool,
+) {
+    // SAFETY: PostgreSQL's live decoding context and options.
+    unsafe {
+        let given = (*ctx).output_plugin_options;
+        if pg_sys::list_length(given) > 0 {
+            let first = pg_sys::list_nth(given, 0).cast::<pg_sys::DefElem>();
+            let name = std::ffi::CStr::from_ptr((*first).defname).to_string_lossy();
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("the pg_redis output plugin takes no options, and was given \"{name}\""),
+                "Call pg_logical_slot_peek_changes (or get_changes) with the slot name and limits only."
+            );
+        }
+        (*options).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
+        (*options).receive_rewrites = false;
+        let context = pg_sys::AllocSetContextCreateInternal(
+            (*ctx).context,
+            c"pg_redis decoding".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        SESSION.set(Some(Session {
+            context,
+            relations: Relations::default(),
+            wrote: false,
+            last_record: Instant::now(),
+        }));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn begin(_ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
+    with_session(|s| s.wrote = false);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn change(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    rel: pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
+    // SAFETY: PostgreSQL's live change of this callback.
+    let action = unsafe { (*change).action };
+    if !matches!(
+        action,
+        Action::REORDER_BUFFER_CHANGE_INSERT
+            | Action::REORDER_BUFFER_CHANGE_UPDATE
+            | Action::REORDER_BUFFER_CHANGE_DELETE
+    ) {
+        return;
+    }
+    // SAFETY: the relation of this change, under its historic snapshot.
+    let class = with_session(|s| unsafe { s.relations.classify(rel) });
+    let watch = match class {
+        Some(Relation::Synced(w)) => w,
+        Some(Relation::MappingCatalog) => {
+            with_session(|s| s.relations.forget());
+            return;
+        }
+        _ => return,
+    };
+    let Some(context) = with_session(|s| s.context) else { return };
+    // SAFETY: the session's context outlives this call; the tuples belong to this change; the
+    // record is owned Rust data before the context is reset.
+    let record = unsafe {
+        let previous = pg_sys::MemoryContextSwitchTo(context);
+        let (old, new) = crate::pg::compat::decoded_tuples(change);
+        let record = decode::row_change(rel, &watch, action, old, new);
+        pg_sys::MemoryContextSwitchTo(previous);
+        pg_sys::MemoryContextReset(context);
+        record
+    };
+    if let Some(r) = record {
+        // SAFETY: the live decoding context.
+        unsafe { write(ctx, &r) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn truncate(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    nrelations: std::ffi::c_int,
+    relations: *mut pg_sys::Relation,
+    _change: *mut pg_sys::ReorderBufferChange,
+) {
+    // A whole synced table is purged; a partition of one alone is swept (the other partitions'
+    // keys stay). One statement may list a table and its partitions: one purge covers them.
+    let mut whole_by_mapping: BTreeMap<i64, bool> = BTreeMap::new();
+    for i in 0..nrelations.max(0) as usize {
+        // SAFETY: PostgreSQL passes nrelations open relations.
+        let rel = unsafe { *relations.add(i) };
+        // SAFETY: as above, under the historic snapshot.
+        match with_session(|s| unsafe { s.relations.classify(rel) }) {
+            Some(Relation::Synced(w)) => {
+                // SAFETY: as above.
+                let whole = unsafe { (*rel).rd_id } == w.table;
+                *whole_by_mapping.entry(w.mapping_id).or_default() |= whole;
+            }
+            Some(Relation::MappingCatalog) => with_session(|s| s.relations.forget()).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    for (mapping_id, whole) in whole_by_mapping {
+        let op = if whole { OutboxOp::Row(Op::Truncate) } else { OutboxOp::Sweep };
+        let record = WalRecord::Change { mapping_id, op: WalOp::Outbox(op), before: None, after: None };
+        // SAFETY: the live decoding context.
+        unsafe { write(ctx, &record) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn commit(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    _commit_lsn: pg_sys::XLogRecPtr,
+) {
+    let Some((wrote, last)) = with_session(|s| (s.wrote, s.last_record)) else { return };
+    let record = if wrote {
+        // SAFETY: PostgreSQL's live transaction; commit_time is the member a commit sets.
+        let (xid, commit_time) = unsafe { ((*txn).xid, (*txn).xact_time.commit_time) };
+        Some(WalRecord::Commit { xid: i64::from(xid.into_inner()), commit_ms: unix_ms(commit_time) })
+    } else if last.elapsed() >= KEEPALIVE_EVERY {
+        Some(WalRecord::Keepalive)
+    } else {
+        None
+    };
+    if let Some(r) = record {
+        // SAFETY: the live decoding context; its write location is this commit's end.
+        unsafe { write(ctx, &r) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shutdown(_ctx: *mut pg_sys::LogicalDecodingContext) {
+    // The memory context goes with the decoding context's.
+    SESSION.set(None);
+}
+
+fn with_session<R>(f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+    SESSION.with_borrow_mut(|s| s.as_mut().map(f))
+}
+
+/// Writes one record as one row of output.
+///
+/// # Safety
+/// `ctx` is the live decoding context of a callback that may write.
+unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, record: &WalRecord) {
+    let text = record.encode();
+    // SAFETY: see the function's contract; `out` is the context's output buffer.
+    unsafe {
+        pg_sys::OutputPluginPrepareWrite(ctx, true);
+        pg_sys::appendBinaryStringInfo((*ctx).out, text.as_ptr().cast(), text.len() as i32);
+        pg_sys::OutputPluginWrite(ctx, true);
+    }
+    with_session(|s| {
+        s.wrote = true;
+        s.last_record = Instant::now();
+    });
+}
+
+/// PostgreSQL's timestamp (µs since 2000-01-01) as ms since the Unix epoch.
+fn unix_ms(t: pg_sys::TimestampTz) -> i64 {
+    const POSTGRES_EPOCH_MS: i64 = 946_684_800_000;
+    t / 1000 + POSTGRES_EPOCH_MS
+}

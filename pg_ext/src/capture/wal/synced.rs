@@ -1,0 +1,147 @@
+//! Which mapping a decoded relation's changes belong to. `redis.mapping` is a user catalog
+//! table, so decoding reads it under the historic snapshot of each change: the mapping version
+//! in force when the change was made, as the trigger names the version in force when it fired.
+//!
+//! Answers are cached per relation for one decoding session; a change to `redis.mapping`
+//! itself (sync_table, unsync_table, a resync) forgets them all, so the changes after it, in
+//! commit order, are classified anew.
+
+use crate::capture::watch::Watch;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// What a decoded relation is to pg_redis.
+#[derive(Clone)]
+pub enum Relation {
+    /// `redis.mapping`: its changes change the answers.
+    MappingCatalog,
+    /// Synced (itself, or the partitioned table it is a partition of).
+    Synced(Rc<Watch>),
+    NotSynced,
+}
+
+#[derive(Default)]
+pub struct Relations {
+    known: HashMap<u32, Relation>,
+}
+
+impl Relations {
+    /// What `rel` (a relation handed to a decoding callback) is.
+    ///
+    /// # Safety
+    /// `rel` is open, and the historic snapshot of the change being decoded is in force.
+    pub unsafe fn classify(&mut self, rel: pg_sys::Relation) -> Relation {
+        // SAFETY: see the function's contract.
+        let (relid, is_partition) = unsafe { ((*rel).rd_id, (*(*rel).rd_rel).relispartition) };
+        if let Some(r) = self.known.get(&relid.to_u32()) {
+            return r.clone();
+        }
+        let r = match mapping_catalog() {
+            None => Relation::NotSynced,
+            Some(catalog) if catalog == relid => Relation::MappingCatalog,
+            Some(catalog) => {
+                let mut candidates = vec![relid];
+                if is_partition {
+                    candidates.extend(ancestors(relid));
+                }
+                // SAFETY: a catalog scan under the historic snapshot (the contract).
+                candidates
+                    .into_iter()
+                    .find_map(|table| unsafe { active_mapping(catalog, table) })
+                    .map_or(Relation::NotSynced, |w| Relation::Synced(Rc::new(w)))
+            }
+        };
+        self.known.insert(relid.to_u32(), r.clone());
+        r
+    }
+
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
+}
+
+/// `redis.mapping`, when the extension existed at the decoded point of history.
+fn mapping_catalog() -> Option<pg_sys::Oid> {
+    crate::pg::catalog::relation_oid(c"redis", c"mapping")
+}
+
+/// The partitioned tables `relid` belongs to, nearest first.
+fn ancestors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    unsafe extern "C-unwind" {
+        /// PostgreSQL's `catalog/partition.h`, which pgrx does not bind.
+        fn get_partition_ancestors(relid: pg_sys::Oid) -> *mut pg_sys::List;
+    }
+    // SAFETY: a catalog scan of pg_inherits (allowed while decoding), inside the boundary that
+    // turns an ERROR into a Rust panic; the list is read before anything else runs.
+    unsafe {
+        let list = pg_sys::ffi::pg_guard_ffi_boundary(|| get_partition_ancestors(relid));
+        (0..pg_sys::list_length(list)).map(|i| pg_sys::list_nth_oid(list, i)).collect()
+    }
+}
+
+/// The active mapping of `table`, read from the catalog `catalog` (`redis.mapping`).
+///
+/// # Safety
+/// The historic snapshot of the change being decoded is in force.
+unsafe fn active_mapping(catalog: pg_sys::Oid, table: pg_sys::Oid) -> Option<Watch> {
+    // SAFETY: the catalog is opened and closed here; the scan key compares `table_name` (a
+    // regclass, stored as an oid) with oideq; every tuple is read before the scan moves on.
+    unsafe {
+        let rel = pg_sys::table_open(catalog, pg_sys::AccessShareLock as i32);
+        let desc = (*rel).rd_att;
+        let column = |name: &str| {
+            crate::pg::compat::attributes(desc)
+                .iter()
+                .position(|a| {
+                    !a.attisdropped && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+                })
+                .map(|i| i as i16 + 1)
+        };
+        let columns = ["id", "table_name", "active", "columns", "key_columns", "stream_key", "channel"].map(column);
+        let [Some(id), Some(table_name), Some(active), Some(cols), Some(key_cols), Some(stream), Some(channel)] =
+            columns
+        else {
+            pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+            return None;
+        };
+        let mut key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            table_name,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_OIDEQ),
+            pg_sys::Datum::from(table),
+        );
+        let scan = pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, std::ptr::null_mut(), 1, &mut key);
+        let mut found = None;
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            let get = |attnum: i16| {
+                let mut isnull = false;
+                let d = pg_sys::heap_getattr(tuple, attnum as i32, desc, &mut isnull);
+                (d, isnull)
+            };
+            let (a, a_null) = get(active);
+            if a_null || !bool::from_datum(a, false).unwrap_or(false) {
+                continue;
+            }
+            let (i, i_null) = get(id);
+            let (c, c_null) = get(cols);
+            let (k, k_null) = get(key_cols);
+            found = Some(Watch::new(
+                i64::from_datum(i, i_null).unwrap_or_default(),
+                Vec::<String>::from_datum(c, c_null),
+                Vec::<String>::from_datum(k, k_null).unwrap_or_default(),
+                !get(stream).1 || !get(channel).1,
+                table,
+            ));
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        found
+    }
+}
