@@ -7,11 +7,14 @@
 //!
 //! ```text
 //! E <op> <mapping id> <before length | -> <after length | ->\n<before><after>
+//! Q <id> <mapping id | -> <op> <tx id> <captured, ms> <old length | -> <new length | -> <command length | ->\n<old><new><command>
 //! C <xid> <commit time, ms since the epoch>
 //! K
 //! ```
 //! `E` carries an outbox op (`c u d t S`, as the trigger queues them) or `F`: the row's key
-//! in `after`, whose value the WAL did not hold whole (re-read it). `C` ends a transaction that
+//! in `after`, whose value the WAL did not hold whole (re-read it). `Q` is a row inserted into
+//! `redis.outbox` (a trigger's change, a backfill's read, a queued command as a JSON array),
+//! in its place among the changes. `C` ends a transaction that
 //! had records; its LSN is the commit's end, where the slot may be advanced to once everything
 //! before it reached Redis. `K` stands for transactions that had none, so that the slot moves
 //! past them too.
@@ -24,10 +27,26 @@ use std::fmt;
 pub enum WalRecord {
     /// A change of a synced table, as the capture trigger would have queued it.
     Change { mapping_id: i64, op: WalOp, before: Option<String>, after: Option<String> },
+    /// A row inserted into `redis.outbox`.
+    Queued(QueuedRow),
     /// The end of a transaction that had changes.
     Commit { xid: i64, commit_ms: i64 },
     /// The end of transactions with nothing to deliver.
     Keepalive,
+}
+
+/// An outbox row, as the worker reads it from the outbox itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedRow {
+    pub id: i64,
+    pub mapping_id: Option<i64>,
+    /// The outbox op's letter (`OutboxOp::code`).
+    pub op: char,
+    pub tx_id: i64,
+    pub captured_ms: i64,
+    pub old_row: Option<String>,
+    pub new_row: Option<String>,
+    pub command: Option<Vec<String>>,
 }
 
 /// What a change asks of the worker.
@@ -74,10 +93,27 @@ impl WalRecord {
     pub fn encode(&self) -> String {
         match self {
             WalRecord::Change { mapping_id, op, before, after } => {
-                let len = |r: &Option<String>| r.as_ref().map_or_else(|| "-".to_owned(), |t| t.len().to_string());
                 let mut s = format!("E {} {mapping_id} {} {}\n", op.code(), len(before), len(after));
                 s.push_str(before.as_deref().unwrap_or_default());
                 s.push_str(after.as_deref().unwrap_or_default());
+                s
+            }
+            WalRecord::Queued(q) => {
+                let command = q.command.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
+                let mapping = q.mapping_id.map_or_else(|| "-".to_owned(), |m| m.to_string());
+                let mut s = format!(
+                    "Q {} {mapping} {} {} {} {} {} {}\n",
+                    q.id,
+                    q.op,
+                    q.tx_id,
+                    q.captured_ms,
+                    len(&q.old_row),
+                    len(&q.new_row),
+                    len(&command)
+                );
+                for part in [&q.old_row, &q.new_row, &command] {
+                    s.push_str(part.as_deref().unwrap_or_default());
+                }
                 s
             }
             WalRecord::Commit { xid, commit_ms } => format!("C {xid} {commit_ms}"),
@@ -95,31 +131,65 @@ impl WalRecord {
             ["K"] => Ok(WalRecord::Keepalive),
             ["C", xid, ms] => Ok(WalRecord::Commit { xid: int(xid)?, commit_ms: int(ms)? }),
             ["E", op, id, before, after] => {
-                let mut chars = op.chars();
-                let op = match (chars.next(), chars.next()) {
-                    (Some(c), None) => WalOp::from_code(c).ok_or_else(|| bad("an unknown op"))?,
-                    _ => return Err(bad("an unknown op")),
-                };
-                let len = |s: &str| match s {
-                    "-" => Ok(None),
-                    n => n.parse::<usize>().map(Some).map_err(|_| bad("a length expected")),
-                };
-                let (before_len, after_len) = (len(before)?, len(after)?);
-                let split = before_len.unwrap_or(0);
-                if split + after_len.unwrap_or(0) != body.len() || !body.is_char_boundary(split) {
-                    return Err(bad("row lengths that do not add up"));
-                }
-                let (b, a) = body.split_at(split);
-                Ok(WalRecord::Change {
-                    mapping_id: int(id)?,
+                let op = WalOp::from_code(one_char(op).ok_or_else(|| bad("an unknown op"))?)
+                    .ok_or_else(|| bad("an unknown op"))?;
+                let [before, after] = split_body(body, [before, after]).ok_or_else(|| bad("bad lengths"))?;
+                Ok(WalRecord::Change { mapping_id: int(id)?, op, before, after })
+            }
+            ["Q", id, mapping, op, tx, captured, old, new, command] => {
+                let op = one_char(op).ok_or_else(|| bad("an unknown op"))?;
+                let [old_row, new_row, command] =
+                    split_body(body, [old, new, command]).ok_or_else(|| bad("bad lengths"))?;
+                let command = command
+                    .map(|c| serde_json::from_str::<Vec<String>>(&c))
+                    .transpose()
+                    .map_err(|_| bad("a command that is not a JSON array of strings"))?;
+                Ok(WalRecord::Queued(QueuedRow {
+                    id: int(id)?,
+                    mapping_id: if *mapping == "-" { None } else { Some(int(mapping)?) },
                     op,
-                    before: before_len.map(|_| b.to_owned()),
-                    after: after_len.map(|_| a.to_owned()),
-                })
+                    tx_id: int(tx)?,
+                    captured_ms: int(captured)?,
+                    old_row,
+                    new_row,
+                    command,
+                }))
             }
             _ => Err(bad("an unknown record")),
         }
     }
+}
+
+fn len(part: &Option<String>) -> String {
+    part.as_ref().map_or_else(|| "-".to_owned(), |t| t.len().to_string())
+}
+
+fn one_char(s: &str) -> Option<char> {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
+/// The parts of a record's body, given the header's lengths (`-` for an absent part); None
+/// unless they cover the body exactly, on character boundaries.
+fn split_body<const N: usize>(body: &str, lengths: [&&str; N]) -> Option<[Option<String>; N]> {
+    let mut rest = body;
+    let mut parts: [Option<String>; N] = std::array::from_fn(|_| None);
+    for (part, length) in parts.iter_mut().zip(lengths) {
+        if **length == *"-" {
+            continue;
+        }
+        let n = length.parse::<usize>().ok()?;
+        if n > rest.len() || !rest.is_char_boundary(n) {
+            return None;
+        }
+        let (here, after) = rest.split_at(n);
+        *part = Some(here.to_owned());
+        rest = after;
+    }
+    rest.is_empty().then_some(parts)
 }
 
 #[cfg(test)]
@@ -170,7 +240,18 @@ mod tests {
 
     #[test]
     fn damaged_records_are_refused_not_guessed() {
-        for text in ["", "E", "E c 1 5 -\n{}", "E ? 1 - -", "E c x - -", "C 1", "Z", "E c 1 1 -\n\u{fc}"] {
+        for text in [
+            "",
+            "E",
+            "E c 1 5 -\n{}",
+            "E ? 1 - -",
+            "E c x - -",
+            "C 1",
+            "Z",
+            "E c 1 1 -\n\u{fc}",
+            "Q 1 - x 2 3 - - 5\n[1,2]",
+            "Q 1 - xy 2 3 - - -",
+        ] {
             assert!(WalRecord::parse(text).is_err(), "{text:?} was accepted");
         }
     }

@@ -13,7 +13,7 @@ use crate::capture::canonical::with_canonical_settings;
 use crate::capture::watch::Watch;
 use crate::pg::compat::attributes;
 use crate::pg::tuple::{columns_changed, row_to_jsonb};
-use pg_redis_shared::wal::{WalOp, WalRecord};
+use pg_redis_shared::wal::{QueuedRow, WalOp, WalRecord};
 use pg_redis_shared::{Op, OutboxOp};
 use pgrx::pg_sys::ReorderBufferChangeType as Action;
 use pgrx::prelude::*;
@@ -89,6 +89,70 @@ pub unsafe fn row_change(
         },
         _ => None,
     }
+}
+
+/// The record of a row inserted into `redis.outbox`.
+///
+/// # Safety
+/// `rel` is the open outbox and `new` its inserted tuple.
+pub unsafe fn queued_row(rel: pg_sys::Relation, new: pg_sys::HeapTuple) -> Option<WalRecord> {
+    if new.is_null() {
+        return None;
+    }
+    // SAFETY: see the function's contract.
+    let desc = unsafe { (*rel).rd_att };
+    // SAFETY: `new` is described by desc.
+    let value = |name: &str| unsafe { column(new, desc, name) };
+    // SAFETY: the bigint columns (id, mapping_id, tx_id) are passed by value.
+    let int = |name: &str| value(name).and_then(|d| unsafe { i64::from_datum(d, false) });
+    let jsonb = |name: &str| {
+        // SAFETY: jsonb values of this tuple; jsonb_out detoasts them and returns a C string.
+        value(name).map(|d| unsafe {
+            let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), d);
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        })
+    };
+    // SAFETY: op is a "char", captured_at a timestamptz and command a text[] of this tuple.
+    let (op, captured, command) = unsafe {
+        (
+            value("op").map(|d| d.value() as u8 as char),
+            value("captured_at").and_then(|d| i64::from_datum(d, false)),
+            value("command").and_then(|d| Vec::<String>::from_datum(d, false)),
+        )
+    };
+    Some(WalRecord::Queued(QueuedRow {
+        id: int("id")?,
+        mapping_id: int("mapping_id"),
+        op: op?,
+        tx_id: int("tx_id").unwrap_or_default(),
+        captured_ms: captured.map(unix_ms).unwrap_or_default(),
+        old_row: jsonb("old_row"),
+        new_row: jsonb("new_row"),
+        command,
+    }))
+}
+
+/// The value of the column `name` of `tuple`, None when NULL or absent.
+///
+/// # Safety
+/// `tuple` is live and described by `desc`.
+unsafe fn column(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, name: &str) -> Option<pg_sys::Datum> {
+    // SAFETY: see the function's contract.
+    let attrs = unsafe { attributes(desc) };
+    let i = attrs.iter().position(|a| {
+        // SAFETY: attname is a NUL-terminated NameData.
+        !a.attisdropped && unsafe { CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes() == name.as_bytes()
+    })?;
+    let mut isnull = true;
+    // SAFETY: i is within the descriptor.
+    let d = unsafe { pg_sys::heap_getattr(tuple, i as i32 + 1, desc, &mut isnull) };
+    (!isnull).then_some(d)
+}
+
+/// PostgreSQL's timestamp (µs since 2000-01-01) as ms since the Unix epoch.
+pub fn unix_ms(t: pg_sys::TimestampTz) -> i64 {
+    const POSTGRES_EPOCH_MS: i64 = 946_684_800_000;
+    t / 1000 + POSTGRES_EPOCH_MS
 }
 
 /// The text of `to_jsonb(row)`, as the trigger computes it.
@@ -170,19 +234,5 @@ unsafe fn is_out_of_line(value: pg_sys::Datum) -> bool {
 /// `old` is live and described by `desc`.
 unsafe fn holds_key(old: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, key_columns: &[String]) -> bool {
     // SAFETY: see the function's contract.
-    let attrs = unsafe { attributes(desc) };
-    key_columns.iter().all(|k| {
-        attrs
-            .iter()
-            .position(|a| {
-                // SAFETY: attname is a NUL-terminated NameData.
-                !a.attisdropped && unsafe { CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes() == k.as_bytes()
-            })
-            .is_some_and(|i| {
-                let mut isnull = true;
-                // SAFETY: i is within the descriptor.
-                unsafe { pg_sys::heap_getattr(old, i as i32 + 1, desc, &mut isnull) };
-                !isnull
-            })
-    })
+    key_columns.iter().all(|k| unsafe { column(old, desc, k) }.is_some())
 }

@@ -1,7 +1,8 @@
 //! The output plugin `pg_redis` (`pg_create_logical_replication_slot(name, 'pg_redis')`): the
 //! extension's library is also a logical decoding plugin. It sees committed transactions only,
 //! whole and in commit order (no streaming, no two-phase callbacks), and writes one text
-//! record per change of a synced table and one per commit (`shared::wal`).
+//! record per change of a synced table, one per row queued in `redis.outbox` and one per
+//! commit (`shared::wal`).
 //!
 //! Decoding runs inside a transaction PostgreSQL opens and aborts itself: the callbacks read
 //! catalogs (and `redis.mapping`, a user catalog table) under the historic snapshot, and never
@@ -117,21 +118,30 @@ unsafe extern "C-unwind" fn change(
     }
     // SAFETY: the relation of this change, under its historic snapshot.
     let class = with_session(|s| unsafe { s.relations.classify(rel) });
-    let watch = match class {
-        Some(Relation::Synced(w)) => w,
+    let decode = |old, new| match &class {
+        // SAFETY: the relation and tuples of this change, under its historic snapshot.
+        Some(Relation::Synced(w)) => unsafe { decode::row_change(rel, w, action, old, new) },
+        Some(Relation::Outbox) if action == Action::REORDER_BUFFER_CHANGE_INSERT => {
+            // SAFETY: as above.
+            unsafe { decode::queued_row(rel, new) }
+        }
+        _ => None,
+    };
+    match class {
+        Some(Relation::Synced(_) | Relation::Outbox) => {}
         Some(Relation::MappingCatalog) => {
             with_session(|s| s.relations.forget());
             return;
         }
         _ => return,
-    };
+    }
     let Some(context) = with_session(|s| s.context) else { return };
     // SAFETY: the session's context outlives this call; the tuples belong to this change; the
     // record is owned Rust data before the context is reset.
     let record = unsafe {
         let previous = pg_sys::MemoryContextSwitchTo(context);
         let (old, new) = crate::pg::compat::decoded_tuples(change);
-        let record = decode::row_change(rel, &watch, action, old, new);
+        let record = decode(old, new);
         pg_sys::MemoryContextSwitchTo(previous);
         pg_sys::MemoryContextReset(context);
         record
@@ -185,7 +195,7 @@ unsafe extern "C-unwind" fn commit(
     let record = if wrote {
         // SAFETY: PostgreSQL's live transaction; commit_time is the member a commit sets.
         let (xid, commit_time) = unsafe { ((*txn).xid, (*txn).xact_time.commit_time) };
-        Some(WalRecord::Commit { xid: i64::from(xid.into_inner()), commit_ms: unix_ms(commit_time) })
+        Some(WalRecord::Commit { xid: i64::from(xid.into_inner()), commit_ms: decode::unix_ms(commit_time) })
     } else if last.elapsed() >= KEEPALIVE_EVERY {
         Some(WalRecord::Keepalive)
     } else {
@@ -223,10 +233,4 @@ unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, record: &WalRecord) {
         s.wrote = true;
         s.last_record = Instant::now();
     });
-}
-
-/// PostgreSQL's timestamp (µs since 2000-01-01) as ms since the Unix epoch.
-fn unix_ms(t: pg_sys::TimestampTz) -> i64 {
-    const POSTGRES_EPOCH_MS: i64 = 946_684_800_000;
-    t / 1000 + POSTGRES_EPOCH_MS
 }

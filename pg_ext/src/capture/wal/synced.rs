@@ -16,6 +16,8 @@ use std::rc::Rc;
 pub enum Relation {
     /// `redis.mapping`: its changes change the answers.
     MappingCatalog,
+    /// `redis.outbox`: its rows are events, decoded in their place among the changes.
+    Outbox,
     /// Synced (itself, or the partitioned table it is a partition of).
     Synced(Rc<Watch>),
     NotSynced,
@@ -40,6 +42,7 @@ impl Relations {
         let r = match mapping_catalog() {
             None => Relation::NotSynced,
             Some(catalog) if catalog == relid => Relation::MappingCatalog,
+            Some(_) if crate::pg::catalog::relation_oid(c"redis", c"outbox") == Some(relid) => Relation::Outbox,
             Some(catalog) => {
                 let mut candidates = vec![relid];
                 if is_partition {
