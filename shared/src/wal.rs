@@ -12,7 +12,8 @@
 //! K
 //! ```
 //! `E` carries an outbox op (`c u d t S`, as the trigger queues them) or `F`: the row's key
-//! in `after`, whose value the WAL did not hold whole (re-read it). `Q` is a row inserted into
+//! in `after`, whose value the WAL did not hold whole (re-read it; `before` holds the old key
+//! if it changed). `Q` is a row inserted into
 //! `redis.outbox` (a trigger's change, a backfill's read, a queued command as a JSON array),
 //! in its place among the changes. `C` ends a transaction that
 //! had records; its LSN is the commit's end, where the slot may be advanced to once everything
@@ -55,6 +56,7 @@ pub enum WalOp {
     Outbox(OutboxOp),
     /// Write the row whose key `after` names as it is now: an UPDATE kept a large value stored
     /// out of line, which the WAL does not repeat (the table's replica identity is not FULL).
+    /// `before`, when present, holds the old key, which the UPDATE changed.
     Refetch,
 }
 

@@ -186,16 +186,14 @@ fn partitions_truncates_and_mapping_changes_follow_the_catalog_of_their_time() {
          INSERT INTO t VALUES (2, 'synced');
          TRUNCATE p1;
          TRUNCATE p;
-         SELECT redis.sync_table('t', key => 'thing:{id}');
-         INSERT INTO t VALUES (3, 'new key template');
+         SELECT redis.sync_table('t', key => 'thing:{id}');",
+    );
+    let mt2 = mapping_id(&mut env, "t");
+    env.sql(
+        "INSERT INTO t VALUES (3, 'new key template');
          SELECT redis.unsync_table('t');
          INSERT INTO t VALUES (4, 'no longer synced');",
     );
-    let mt2 = env
-        .pg
-        .query_one("SELECT max(id) FROM redis.mapping WHERE table_name = 't'::regclass", &[])
-        .expect("m")
-        .get::<_, i64>(0);
     assert_ne!(mt1, mt2);
     let changes: Vec<(WalOp, i64, Option<Value>)> = peek(&mut env, "probe")
         .iter()
@@ -275,4 +273,73 @@ fn rows_queued_in_the_outbox_are_decoded_in_their_place_among_the_changes() {
     });
     let expected: String = env.pg.query_one("SELECT to_jsonb(t)::text FROM t WHERE id = 1", &[]).expect("row").get(0);
     assert_eq!(q.and_then(|q| q.new_row), Some(expected), "the queued row's text is the outbox's");
+}
+
+#[test]
+fn a_replica_identity_without_the_key_sweeps_instead_of_leaving_a_stale_key() {
+    let mut env = logical("wal_plugin_identity");
+    env.sql(
+        "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE, note text);
+         INSERT INTO u VALUES (1, 'a@example.com', 'x');
+         SELECT redis.sync_table('u', key => 'user:{email}', stream => false);",
+    );
+    let m = mapping_id(&mut env, "u");
+    create_slot(&mut env);
+    // The identity is the primary key, the key is the email: a new email arrives without the
+    // old one, so the old key can only be found by a sweep.
+    env.sql("UPDATE u SET email = 'b@example.com' WHERE id = 1");
+    env.sql("DELETE FROM u WHERE id = 1");
+    let ops: Vec<(WalOp, i64)> =
+        peek(&mut env, "probe").iter().filter_map(change).map(|(op, mid, _, _)| (op, mid)).collect();
+    let sweep = WalOp::Outbox(OutboxOp::Sweep);
+    assert_eq!(ops, vec![(row(Op::Update), m), (sweep, m), (sweep, m)]);
+    consume(&mut env, "probe");
+    // An identity index on the key: the old key comes with every change of it.
+    env.sql(
+        "ALTER TABLE u REPLICA IDENTITY USING INDEX u_email_key;
+         INSERT INTO u VALUES (2, 'c@example.com', 'y');",
+    );
+    env.sql("UPDATE u SET email = 'd@example.com' WHERE id = 2");
+    env.sql("UPDATE u SET note = 'z' WHERE id = 2");
+    env.sql("DELETE FROM u WHERE id = 2");
+    let emails: Vec<(WalOp, Option<Value>, Option<Value>)> = peek(&mut env, "probe")
+        .iter()
+        .filter_map(change)
+        .map(|(op, _, b, a)| (op, b.map(|b| b["email"].clone()), a.map(|a| a["email"].clone())))
+        .collect();
+    assert_eq!(
+        emails,
+        vec![
+            (row(Op::Create), None, Some("c@example.com".into())),
+            (row(Op::Update), Some("c@example.com".into()), Some("d@example.com".into())),
+            (row(Op::Update), None, Some("d@example.com".into())),
+            (row(Op::Delete), Some("d@example.com".into()), None),
+        ]
+    );
+    env.sql("SELECT pg_drop_replication_slot('probe')");
+}
+
+#[test]
+fn a_detached_partition_is_no_longer_decoded_as_its_parent() {
+    let mut env = logical("wal_plugin_detach");
+    env.sql(
+        "CREATE TABLE p (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
+         CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (100) TO (200);
+         SELECT redis.sync_table('p', stream => false);",
+    );
+    create_slot(&mut env);
+    env.sql("INSERT INTO p2 VALUES (150, 'while attached')");
+    env.sql("ALTER TABLE p DETACH PARTITION p2");
+    env.sql("INSERT INTO p2 VALUES (160, 'detached')");
+    env.sql("ALTER TABLE p ATTACH PARTITION p2 FOR VALUES FROM (100) TO (200)");
+    env.sql("INSERT INTO p2 VALUES (170, 'attached again')");
+    let ids: Vec<Option<Value>> = peek(&mut env, "probe")
+        .iter()
+        .filter_map(change)
+        .filter(|(op, ..)| *op == row(Op::Create))
+        .map(|(_, _, _, a)| a.map(|a| a["id"].clone()))
+        .collect();
+    assert_eq!(ids, vec![Some(150.into()), Some(170.into())]);
+    env.sql("SELECT pg_drop_replication_slot('probe')");
 }

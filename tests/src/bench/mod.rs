@@ -2,6 +2,7 @@
 //! the same servers. These machines are noisy, so compared runs alternate and repeat, and the
 //! table reports medians.
 
+mod capture;
 mod measure;
 mod scenarios;
 

@@ -1,6 +1,6 @@
 //! The scenarios of `make bench`, each against its baseline in the same run.
 
-use super::measure::{pgbench, redis_benchmark, used_memory};
+use super::measure::{redis_benchmark, used_memory};
 use super::{median, quantile_us, Row};
 use crate::harness::Options;
 use crate::Env;
@@ -35,6 +35,7 @@ pub fn run_all(quick: bool) -> Vec<Row> {
         ("pg_redis.retry_max_ms".into(), "200".into()),
         ("pg_redis.batch_size".into(), "5000".into()),
     ];
+    opts.pg_settings.extend(super::capture::server_settings());
     opts.module_args = vec!["query_timeout_ms".into(), "5000".into()];
     let mut env = Env::with(opts);
     let scale = if quick { 10 } else { 1 };
@@ -52,8 +53,8 @@ pub fn run_all(quick: bool) -> Vec<Row> {
         rows.push(miss_latency(&mut env, scale));
     }
     if wanted("write") {
-        eprintln!("write overhead: pgbench single-row UPDATE, synced vs unsynced");
-        rows.push(write_overhead(&mut env, scale));
+        eprintln!("write cost: pgbench single-row UPDATE, each capture vs none, and the peers");
+        rows.extend(super::capture::writer_cost(&mut env, scale));
     }
     if wanted("propagation") {
         eprintln!("propagation latency at 2000 commits/s");
@@ -176,41 +177,6 @@ fn miss_latency(env: &mut Env, scale: u32) -> Row {
         ratio: Some(o50 / b50),
         goal: "p50 ≤ 1.5".into(),
         pass: Some(o50 / b50 <= 1.5),
-    }
-}
-
-fn write_overhead(env: &mut Env, scale: u32) -> Row {
-    for t in ["bench_w_plain", "bench_w_sync"] {
-        env.sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v bigint NOT NULL, filler text); INSERT INTO {t} SELECT g, 0, repeat('x', 80) FROM generate_series(1, 100000) g"));
-        env.sql(&format!("VACUUM ANALYZE {t}"));
-    }
-    env.sql("SELECT redis.sync_table('bench_w_sync', stream => false, backfill => false)");
-    let port = env.servers.pg.port;
-    let secs = (10 / scale).max(3);
-    let script = |t: &str| format!("\\set id random(1, 100000)\nUPDATE {t} SET v = v + 1 WHERE id = :id;\n");
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for round in 0..4 {
-        let mut run_sync = |ours: &mut Vec<f64>| {
-            ours.push(pgbench(port, "postgres", &script("bench_w_sync"), 8, secs));
-            crate::check::wait_synced(&mut env.pg, 120_000);
-        };
-        if round % 2 == 0 {
-            base.push(pgbench(port, "postgres", &script("bench_w_plain"), 8, secs));
-            run_sync(&mut ours);
-        } else {
-            run_sync(&mut ours);
-            base.push(pgbench(port, "postgres", &script("bench_w_plain"), 8, secs));
-        }
-    }
-    log(&format!("synced {ours:.0?} tps, unsynced {base:.0?} tps"));
-    let (o, b) = (median(&mut ours), median(&mut base));
-    Row {
-        scenario: "Write overhead: single-row UPDATE, pgbench 8 clients, 100 000 rows".into(),
-        ours: format!("{o:.0} TPS synced"),
-        baseline: format!("{b:.0} TPS unsynced"),
-        ratio: Some(o / b),
-        goal: "≥ 0.80".into(),
-        pass: Some(o / b >= 0.80),
     }
 }
 

@@ -5,10 +5,13 @@
 //! What the WAL may lack, and what stands in for it (never a guess):
 //! - an UPDATE keeps a large value stored out of line: the WAL has only a pointer to it. The
 //!   old row has the value when the replica identity is FULL; otherwise the record asks the
-//!   worker to re-read the row (`Refetch`).
-//! - a DELETE names only the replica identity's columns (or none at all): when that does not
-//!   hold the key, the record asks for a sweep of the table's keys.
+//!   worker to re-read the row (`Refetch`, with the old row when the key changed).
+//! - unless FULL, the old row of an UPDATE or DELETE holds only the replica identity's columns.
+//!   When they do not hold the key (or under NOTHING), a DELETE, and an UPDATE that may have
+//!   changed the key unseen, ask for a sweep of the table's keys; UPDATEs that change no mapped
+//!   column cannot be told apart, and are kept.
 
+use super::synced::Identity;
 use crate::capture::canonical::with_canonical_settings;
 use crate::capture::watch::Watch;
 use crate::pg::compat::attributes;
@@ -19,8 +22,8 @@ use pgrx::pg_sys::ReorderBufferChangeType as Action;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
-/// The record of one INSERT, UPDATE or DELETE of `rel`, or None when it changes nothing
-/// pg_redis keeps.
+/// The records of one INSERT, UPDATE or DELETE of `rel` (none when it changes nothing
+/// pg_redis keeps).
 ///
 /// # Safety
 /// `rel` is the open relation of the change; `old` and `new` are its tuples (or null), described
@@ -28,66 +31,71 @@ use std::ffi::CStr;
 pub unsafe fn row_change(
     rel: pg_sys::Relation,
     watch: &Watch,
+    identity: Identity,
     action: Action::Type,
     old: pg_sys::HeapTuple,
     new: pg_sys::HeapTuple,
-) -> Option<WalRecord> {
+) -> Vec<WalRecord> {
     // SAFETY: see the function's contract.
-    let (desc, rowtype, identity) =
-        unsafe { ((*rel).rd_att, (*(*rel).rd_rel).reltype, (*(*rel).rd_rel).relreplident as u8) };
-    let full = identity == pg_sys::REPLICA_IDENTITY_FULL;
+    let (desc, rowtype) = unsafe { ((*rel).rd_att, (*(*rel).rd_rel).reltype) };
     let old = (!old.is_null()).then_some(old);
     let new = (!new.is_null()).then_some(new);
-    let change = |op: OutboxOp, before: Option<pg_sys::HeapTuple>, after: Option<pg_sys::HeapTuple>| {
-        // SAFETY: tuples of this change, described by desc.
-        let text = |t: pg_sys::HeapTuple| unsafe { jsonb_text(t, desc, rowtype) };
-        WalRecord::Change {
-            mapping_id: watch.mapping_id,
-            op: WalOp::Outbox(op),
-            before: before.map(text),
-            after: after.map(text),
-        }
-    };
-    let sweep = WalRecord::Change {
+    // SAFETY: tuples of this change, described by desc.
+    let text = |t: pg_sys::HeapTuple| unsafe { jsonb_text(t, desc, rowtype) };
+    let record = |op: WalOp, before: Option<pg_sys::HeapTuple>, after: Option<pg_sys::HeapTuple>| WalRecord::Change {
         mapping_id: watch.mapping_id,
-        op: WalOp::Outbox(OutboxOp::Sweep),
-        before: None,
-        after: None,
+        op,
+        before: before.map(text),
+        after: after.map(text),
     };
+    let sweep = || record(WalOp::Outbox(OutboxOp::Sweep), None, None);
     match action {
-        Action::REORDER_BUFFER_CHANGE_INSERT => new.map(|n| change(OutboxOp::Row(Op::Create), None, Some(n))),
+        Action::REORDER_BUFFER_CHANGE_INSERT => {
+            new.map(|n| record(WalOp::Outbox(OutboxOp::Row(Op::Create)), None, Some(n))).into_iter().collect()
+        }
         Action::REORDER_BUFFER_CHANGE_UPDATE => {
-            let new = new?;
+            let Some(new) = new else { return Vec::new() };
             // SAFETY: both tuples belong to this change.
             let (new, missing) = unsafe { with_unchanged_values(new, old, desc, watch.columns.as_deref()) };
-            if missing {
-                return Some(WalRecord::Change {
-                    mapping_id: watch.mapping_id,
-                    op: WalOp::Refetch,
-                    before: None,
-                    // SAFETY: as above.
-                    after: Some(unsafe { jsonb_text(new, desc, rowtype) }),
-                });
-            }
-            if let Some(o) = old {
+            // Unless FULL, the old row holds the identity's columns only (the rest reads NULL),
+            // and comes only when one of them changed: it tells an old key only when the
+            // identity holds the key, and without it the key did not change.
+            let (old_key_row, full_old) = match identity {
+                Identity::Full => (old, old),
+                Identity::CoversKey => (old, None),
+                Identity::Partial => (None, None),
+            };
+            // SAFETY: as above.
+            let key_changed =
+                old_key_row.filter(|o| unsafe { columns_changed(Some(&watch.key_columns), *o, new, desc) });
+            if let Some(o) = full_old {
                 // SAFETY: as above.
-                if !unsafe { columns_changed(watch.columns.as_deref(), o, new, desc) } {
-                    return None;
+                if !missing && !unsafe { columns_changed(watch.columns.as_deref(), o, new, desc) } {
+                    return Vec::new();
                 }
             }
-            // SAFETY: as above.
-            let keep_old = old
-                .filter(|o| watch.needs_before || unsafe { columns_changed(Some(&watch.key_columns), *o, new, desc) });
-            Some(change(OutboxOp::Row(Op::Update), keep_old, Some(new)))
-        }
-        Action::REORDER_BUFFER_CHANGE_DELETE => match old {
-            // SAFETY: as above.
-            Some(o) if full || unsafe { holds_key(o, desc, &watch.key_columns) } => {
-                Some(change(OutboxOp::Row(Op::Delete), Some(o), None))
+            let before = key_changed.or(full_old.filter(|_| watch.needs_before));
+            let op = if missing { WalOp::Refetch } else { WalOp::Outbox(OutboxOp::Row(Op::Update)) };
+            let mut records = vec![record(op, before, Some(new))];
+            if identity == Identity::Partial {
+                // The key may have changed unseen: the old key goes with the sweep.
+                records.push(sweep());
             }
-            _ => Some(sweep),
-        },
-        _ => None,
+            records
+        }
+        Action::REORDER_BUFFER_CHANGE_DELETE => {
+            let usable = old.filter(|o| match identity {
+                Identity::Full => true,
+                // SAFETY: as above.
+                Identity::CoversKey => unsafe { holds_key(*o, desc, &watch.key_columns) },
+                Identity::Partial => false,
+            });
+            match usable {
+                Some(o) => vec![record(WalOp::Outbox(OutboxOp::Row(Op::Delete)), Some(o), None)],
+                None => vec![sweep()],
+            }
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -147,6 +155,19 @@ unsafe fn column(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, name: &str) 
     // SAFETY: i is within the descriptor.
     let d = unsafe { pg_sys::heap_getattr(tuple, i as i32 + 1, desc, &mut isnull) };
     (!isnull).then_some(d)
+}
+
+/// A decoded transaction's id with its epoch, as `txid_current()` gives it (the outbox's
+/// `tx_id`): decoded transactions are in the past, within 2^31 ids of the next one.
+pub fn full_transaction_id(xid: pg_sys::TransactionId) -> i64 {
+    // SAFETY: reads the shared counter under its lock.
+    let next = unsafe { pg_sys::ReadNextFullTransactionId() }.value;
+    let xid = xid.into_inner();
+    let mut epoch = next >> 32;
+    if xid > next as u32 {
+        epoch = epoch.saturating_sub(1);
+    }
+    ((epoch << 32) | u64::from(xid)) as i64
 }
 
 /// PostgreSQL's timestamp (µs since 2000-01-01) as ms since the Unix epoch.

@@ -76,6 +76,15 @@ unsafe extern "C-unwind" fn startup(
                 "Call pg_logical_slot_peek_changes (or get_changes) with the slot name and limits only."
             );
         }
+        if pg_sys::GetDatabaseEncoding() != pg_sys::pg_enc::PG_UTF8 as i32 {
+            let encoding = std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()).to_string_lossy();
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("the pg_redis output plugin needs a UTF-8 database, and this one is {encoding}"),
+                "Capture this database's tables by trigger (the default), or move it to a UTF-8 database."
+            );
+        }
         (*options).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
         (*options).receive_rewrites = false;
         let context = pg_sys::AllocSetContextCreateInternal(
@@ -85,12 +94,7 @@ unsafe extern "C-unwind" fn startup(
             pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
-        SESSION.set(Some(Session {
-            context,
-            relations: Relations::default(),
-            wrote: false,
-            last_record: Instant::now(),
-        }));
+        SESSION.set(Some(Session { context, relations: Relations::new(), wrote: false, last_record: Instant::now() }));
     }
 }
 
@@ -120,35 +124,35 @@ unsafe extern "C-unwind" fn change(
     let class = with_session(|s| unsafe { s.relations.classify(rel) });
     let decode = |old, new| match &class {
         // SAFETY: the relation and tuples of this change, under its historic snapshot.
-        Some(Relation::Synced(w)) => unsafe { decode::row_change(rel, w, action, old, new) },
-        Some(Relation::Outbox) if action == Action::REORDER_BUFFER_CHANGE_INSERT => {
+        Relation::Synced(w, identity) => unsafe { decode::row_change(rel, w, *identity, action, old, new) },
+        Relation::Outbox if action == Action::REORDER_BUFFER_CHANGE_INSERT => {
             // SAFETY: as above.
-            unsafe { decode::queued_row(rel, new) }
+            unsafe { decode::queued_row(rel, new) }.into_iter().collect()
         }
-        _ => None,
+        _ => Vec::new(),
     };
     match class {
-        Some(Relation::Synced(_) | Relation::Outbox) => {}
-        Some(Relation::MappingCatalog) => {
+        Relation::Synced(..) | Relation::Outbox => {}
+        Relation::MappingCatalog => {
             with_session(|s| s.relations.forget());
             return;
         }
-        _ => return,
+        Relation::NotSynced => return,
     }
-    let Some(context) = with_session(|s| s.context) else { return };
+    let context = with_session(|s| s.context);
     // SAFETY: the session's context outlives this call; the tuples belong to this change; the
     // record is owned Rust data before the context is reset.
-    let record = unsafe {
+    let records = unsafe {
         let previous = pg_sys::MemoryContextSwitchTo(context);
         let (old, new) = crate::pg::compat::decoded_tuples(change);
-        let record = decode(old, new);
+        let records = decode(old, new);
         pg_sys::MemoryContextSwitchTo(previous);
         pg_sys::MemoryContextReset(context);
-        record
+        records
     };
-    if let Some(r) = record {
+    for r in &records {
         // SAFETY: the live decoding context.
-        unsafe { write(ctx, &r) };
+        unsafe { write(ctx, r) };
     }
 }
 
@@ -168,12 +172,12 @@ unsafe extern "C-unwind" fn truncate(
         let rel = unsafe { *relations.add(i) };
         // SAFETY: as above, under the historic snapshot.
         match with_session(|s| unsafe { s.relations.classify(rel) }) {
-            Some(Relation::Synced(w)) => {
+            Relation::Synced(w, _) => {
                 // SAFETY: as above.
                 let whole = unsafe { (*rel).rd_id } == w.table;
                 *whole_by_mapping.entry(w.mapping_id).or_default() |= whole;
             }
-            Some(Relation::MappingCatalog) => with_session(|s| s.relations.forget()).unwrap_or_default(),
+            Relation::MappingCatalog => with_session(|s| s.relations.forget()),
             _ => {}
         }
     }
@@ -191,11 +195,11 @@ unsafe extern "C-unwind" fn commit(
     txn: *mut pg_sys::ReorderBufferTXN,
     _commit_lsn: pg_sys::XLogRecPtr,
 ) {
-    let Some((wrote, last)) = with_session(|s| (s.wrote, s.last_record)) else { return };
+    let (wrote, last) = with_session(|s| (s.wrote, s.last_record));
     let record = if wrote {
         // SAFETY: PostgreSQL's live transaction; commit_time is the member a commit sets.
         let (xid, commit_time) = unsafe { ((*txn).xid, (*txn).xact_time.commit_time) };
-        Some(WalRecord::Commit { xid: i64::from(xid.into_inner()), commit_ms: decode::unix_ms(commit_time) })
+        Some(WalRecord::Commit { xid: decode::full_transaction_id(xid), commit_ms: decode::unix_ms(commit_time) })
     } else if last.elapsed() >= KEEPALIVE_EVERY {
         Some(WalRecord::Keepalive)
     } else {
@@ -213,8 +217,14 @@ unsafe extern "C-unwind" fn shutdown(_ctx: *mut pg_sys::LogicalDecodingContext) 
     SESSION.set(None);
 }
 
-fn with_session<R>(f: impl FnOnce(&mut Session) -> R) -> Option<R> {
-    SESSION.with_borrow_mut(|s| s.as_mut().map(f))
+/// Runs `f` on the decoding session; a callback without one (startup never ran) is a bug, and
+/// an ERROR rather than changes silently skipped.
+fn with_session<R>(f: impl FnOnce(&mut Session) -> R) -> R {
+    let r = SESSION.with_borrow_mut(|s| s.as_mut().map(f));
+    match r {
+        Some(r) => r,
+        None => error!("pg_redis decoding callback called without a decoding session"),
+    }
 }
 
 /// Writes one record as one row of output.
@@ -232,5 +242,5 @@ unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, record: &WalRecord) {
     with_session(|s| {
         s.wrote = true;
         s.last_record = Instant::now();
-    });
+    })
 }

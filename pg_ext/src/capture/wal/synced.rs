@@ -2,14 +2,43 @@
 //! table, so decoding reads it under the historic snapshot of each change: the mapping version
 //! in force when the change was made, as the trigger names the version in force when it fired.
 //!
-//! Answers are cached per relation for one decoding session; a change to `redis.mapping`
-//! itself (sync_table, unsync_table, a resync) forgets them all, so the changes after it, in
-//! commit order, are classified anew.
+//! Answers are cached per relation for one decoding session. A change to `redis.mapping` itself
+//! (sync_table, unsync_table, a resync) forgets them all, and so does any relation cache
+//! invalidation decoding replays (a partition attached or detached, a replica identity
+//! changed, the extension dropped): the changes after it, in commit order, are classified anew.
 
 use crate::capture::watch::Watch;
 use pgrx::prelude::*;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by the relation cache invalidation callback: the cached answers may be out of date.
+static STALE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Callbacks cannot be unregistered: one per process, for every decoding session in it.
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_invalidated(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    // Only a flag: this runs inside cache lookups, possibly in the middle of a classification.
+    STALE.store(true, Ordering::Relaxed);
+}
+
+/// What the replica identity of a synced relation logs of the old row of an UPDATE or DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The whole old row (`REPLICA IDENTITY FULL`), on every UPDATE and DELETE.
+    Full,
+    /// The identity's columns, which hold every key column: logged on every DELETE, and on an
+    /// UPDATE whenever one of them changed (so a key never changes unseen).
+    CoversKey,
+    /// Columns that do not hold the key, or none at all: a key may change unseen.
+    Partial,
+}
 
 /// What a decoded relation is to pg_redis.
 #[derive(Clone)]
@@ -18,17 +47,26 @@ pub enum Relation {
     MappingCatalog,
     /// `redis.outbox`: its rows are events, decoded in their place among the changes.
     Outbox,
-    /// Synced (itself, or the partitioned table it is a partition of).
-    Synced(Rc<Watch>),
+    /// Synced (itself, or the partitioned table it is a partition of), and what its replica
+    /// identity logs.
+    Synced(Rc<Watch>, Identity),
     NotSynced,
 }
 
-#[derive(Default)]
 pub struct Relations {
     known: HashMap<u32, Relation>,
 }
 
 impl Relations {
+    pub fn new() -> Relations {
+        if !CALLBACK_REGISTERED.get() {
+            // SAFETY: registering a static function once per process, as extensions do.
+            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relation_invalidated), pg_sys::Datum::from(0usize)) };
+            CALLBACK_REGISTERED.set(true);
+        }
+        Relations { known: HashMap::new() }
+    }
+
     /// What `rel` (a relation handed to a decoding callback) is.
     ///
     /// # Safety
@@ -36,6 +74,9 @@ impl Relations {
     pub unsafe fn classify(&mut self, rel: pg_sys::Relation) -> Relation {
         // SAFETY: see the function's contract.
         let (relid, is_partition) = unsafe { ((*rel).rd_id, (*(*rel).rd_rel).relispartition) };
+        if STALE.swap(false, Ordering::Relaxed) {
+            self.known.clear();
+        }
         if let Some(r) = self.known.get(&relid.to_u32()) {
             return r.clone();
         }
@@ -49,10 +90,15 @@ impl Relations {
                     candidates.extend(ancestors(relid));
                 }
                 // SAFETY: a catalog scan under the historic snapshot (the contract).
-                candidates
-                    .into_iter()
-                    .find_map(|table| unsafe { active_mapping(catalog, table) })
-                    .map_or(Relation::NotSynced, |w| Relation::Synced(Rc::new(w)))
+                let watch = candidates.into_iter().find_map(|table| unsafe { active_mapping(catalog, table) });
+                match watch {
+                    Some(w) => {
+                        // SAFETY: the open relation (the contract).
+                        let identity = unsafe { identity(rel, &w.key_columns) };
+                        Relation::Synced(Rc::new(w), identity)
+                    }
+                    None => Relation::NotSynced,
+                }
             }
         };
         self.known.insert(relid.to_u32(), r.clone());
@@ -61,6 +107,44 @@ impl Relations {
 
     pub fn forget(&mut self) {
         self.known.clear();
+    }
+}
+
+/// What the replica identity of `rel` (a leaf: the setting does not pass to partitions) logs.
+///
+/// # Safety
+/// `rel` is open.
+unsafe fn identity(rel: pg_sys::Relation, key_columns: &[String]) -> Identity {
+    // SAFETY: see the function's contract; the bitmap is a fresh copy from the relation cache.
+    unsafe {
+        match (*(*rel).rd_rel).relreplident as u8 {
+            pg_sys::REPLICA_IDENTITY_FULL => Identity::Full,
+            pg_sys::REPLICA_IDENTITY_DEFAULT | pg_sys::REPLICA_IDENTITY_INDEX => {
+                let logged = pg_sys::RelationGetIndexAttrBitmap(
+                    rel,
+                    pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY,
+                );
+                let attrs = crate::pg::compat::attributes((*rel).rd_att);
+                let covered = !logged.is_null()
+                    && key_columns.iter().all(|k| {
+                        attrs
+                            .iter()
+                            .position(|a| {
+                                !a.attisdropped
+                                    && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == k.as_bytes()
+                            })
+                            .is_some_and(|i| {
+                                pg_sys::bms_is_member(i as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber, logged)
+                            })
+                    });
+                if covered {
+                    Identity::CoversKey
+                } else {
+                    Identity::Partial
+                }
+            }
+            _ => Identity::Partial,
+        }
     }
 }
 
