@@ -294,6 +294,14 @@ fn a_replica_identity_without_the_key_sweeps_instead_of_leaving_a_stale_key() {
     let sweep = WalOp::Outbox(OutboxOp::Sweep);
     assert_eq!(ops, vec![(row(Op::Update), m), (sweep, m), (sweep, m)]);
     consume(&mut env, "probe");
+    // One sweep per transaction, however many rows asked for one (a sweep scans every key).
+    env.sql("INSERT INTO u SELECT g, 'bulk' || g || '@example.com' FROM generate_series(10, 12) g");
+    env.sql("UPDATE u SET note = 'bulk' WHERE id >= 10");
+    let ops: Vec<WalOp> = peek(&mut env, "probe").iter().filter_map(change).map(|(op, ..)| op).collect();
+    let (c, u) = (row(Op::Create), row(Op::Update));
+    assert_eq!(ops, vec![c, c, c, u, u, u, sweep]);
+    env.sql("DELETE FROM u");
+    consume(&mut env, "probe");
     // An identity index on the key: the old key comes with every change of it.
     env.sql(
         "ALTER TABLE u REPLICA IDENTITY USING INDEX u_email_key;

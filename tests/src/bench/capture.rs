@@ -46,7 +46,9 @@ impl Capture {
             Capture::PgRedisTrigger => "pg_redis, trigger capture (trigger → outbox → worker → Redis)",
             Capture::PgqTrigger => "PgQ jsontriga trigger queue, no consumer",
             Capture::Wal2json => "wal2json, streamed by pg_recvlogical",
-            Capture::PgRedisWal => "pg_redis output plugin, streamed by pg_recvlogical",
+            Capture::PgRedisWal => {
+                "pg_redis output plugin (replica identity: the primary key), streamed by pg_recvlogical"
+            }
         }
     }
 
@@ -131,10 +133,11 @@ fn prepare(env: &mut Env, ways: &[Capture]) {
             }
             Capture::PgRedisWal => {
                 // Synced (the plugin decodes its changes), but without the capture triggers: what
-                // writers pay when the table is captured from the WAL.
+                // writers pay when the table is captured from the WAL. The default replica
+                // identity (the primary key) holds the key: no FULL old row is needed without a
+                // stream.
                 env.sql(&format!(
                     "SELECT redis.sync_table('{t}', stream => false, backfill => false);
-                     ALTER TABLE {t} REPLICA IDENTITY FULL;
                      DROP TRIGGER pg_redis_capture ON {t};
                      DROP TRIGGER pg_redis_capture_truncate ON {t};"
                 ))

@@ -40,6 +40,8 @@ pub unsafe fn row_change(
     let (desc, rowtype) = unsafe { ((*rel).rd_att, (*(*rel).rd_rel).reltype) };
     let old = (!old.is_null()).then_some(old);
     let new = (!new.is_null()).then_some(new);
+    // FULL always logs the old row of an UPDATE or DELETE; should it be missing, trust nothing.
+    let identity = if identity == Identity::Full && old.is_none() { Identity::Partial } else { identity };
     // SAFETY: tuples of this change, described by desc.
     let text = |t: pg_sys::HeapTuple| unsafe { jsonb_text(t, desc, rowtype) };
     let record = |op: WalOp, before: Option<pg_sys::HeapTuple>, after: Option<pg_sys::HeapTuple>| WalRecord::Change {

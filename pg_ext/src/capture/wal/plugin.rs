@@ -16,7 +16,7 @@ use pg_redis_shared::{Op, OutboxOp};
 use pgrx::pg_sys::ReorderBufferChangeType as Action;
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// A transaction with nothing for pg_redis still gets a record this often, so that whoever
@@ -30,6 +30,9 @@ struct Session {
     relations: Relations,
     wrote: bool,
     last_record: Instant,
+    /// Mappings whose keys the transaction being decoded asks to sweep: one sweep each, at its
+    /// end, however many rows asked (a sweep scans every key of the table).
+    sweeps: BTreeSet<i64>,
 }
 
 thread_local! {
@@ -94,13 +97,22 @@ unsafe extern "C-unwind" fn startup(
             pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
-        SESSION.set(Some(Session { context, relations: Relations::new(), wrote: false, last_record: Instant::now() }));
+        SESSION.set(Some(Session {
+            context,
+            relations: Relations::new(),
+            wrote: false,
+            last_record: Instant::now(),
+            sweeps: BTreeSet::new(),
+        }));
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn begin(_ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
-    with_session(|s| s.wrote = false);
+    with_session(|s| {
+        s.wrote = false;
+        s.sweeps.clear();
+    });
 }
 
 #[pg_guard]
@@ -151,8 +163,12 @@ unsafe extern "C-unwind" fn change(
         records
     };
     for r in &records {
-        // SAFETY: the live decoding context.
-        unsafe { write(ctx, r) };
+        if let WalRecord::Change { mapping_id, op: WalOp::Outbox(OutboxOp::Sweep), .. } = r {
+            with_session(|s| s.sweeps.insert(*mapping_id));
+        } else {
+            // SAFETY: the live decoding context.
+            unsafe { write(ctx, r) };
+        }
     }
 }
 
@@ -195,6 +211,11 @@ unsafe extern "C-unwind" fn commit(
     txn: *mut pg_sys::ReorderBufferTXN,
     _commit_lsn: pg_sys::XLogRecPtr,
 ) {
+    for mapping_id in with_session(|s| std::mem::take(&mut s.sweeps)) {
+        let sweep = WalRecord::Change { mapping_id, op: WalOp::Outbox(OutboxOp::Sweep), before: None, after: None };
+        // SAFETY: the live decoding context.
+        unsafe { write(ctx, &sweep) };
+    }
     let (wrote, last) = with_session(|s| (s.wrote, s.last_record));
     let record = if wrote {
         // SAFETY: PostgreSQL's live transaction; commit_time is the member a commit sets.

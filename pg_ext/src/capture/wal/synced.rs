@@ -120,10 +120,8 @@ unsafe fn identity(rel: pg_sys::Relation, key_columns: &[String]) -> Identity {
         match (*(*rel).rd_rel).relreplident as u8 {
             pg_sys::REPLICA_IDENTITY_FULL => Identity::Full,
             pg_sys::REPLICA_IDENTITY_DEFAULT | pg_sys::REPLICA_IDENTITY_INDEX => {
-                let logged = pg_sys::RelationGetIndexAttrBitmap(
-                    rel,
-                    pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY,
-                );
+                // The variant made for decoding: no index is opened or locked.
+                let logged = pg_sys::RelationGetIdentityKeyBitmap(rel);
                 let attrs = crate::pg::compat::attributes((*rel).rd_att);
                 let covered = !logged.is_null()
                     && key_columns.iter().all(|k| {
