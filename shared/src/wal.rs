@@ -8,6 +8,7 @@
 //! ```text
 //! E <op> <mapping id> <before length | -> <after length | ->\n<before><after>
 //! Q <id> <mapping id | -> <op> <tx id> <captured, ms> <old length | -> <new length | -> <command length | ->\n<old><new><command>
+//! U <mapping id> <reason length>\n<reason>
 //! C <xid> <commit time, ms since the epoch>
 //! K
 //! ```
@@ -15,7 +16,9 @@
 //! in `after`, whose value the WAL did not hold whole (re-read it; `before` holds the old key
 //! if it changed). `Q` is a row inserted into
 //! `redis.outbox` (a trigger's change, a backfill's read, a queued command as a JSON array),
-//! in its place among the changes. `C` ends a transaction that
+//! in its place among the changes. `U` is a change of a synced table that could not be turned
+//! into text (a user-defined cast to json raised an ERROR): decoding goes on, and the consumer
+//! reports it and repairs the table. `C` ends a transaction that
 //! had records; its LSN is the commit's end, where the slot may be advanced to once everything
 //! before it reached Redis. `K` stands for transactions that had none, so that the slot moves
 //! past them too.
@@ -30,6 +33,8 @@ pub enum WalRecord {
     Change { mapping_id: i64, op: WalOp, before: Option<String>, after: Option<String> },
     /// A row inserted into `redis.outbox`.
     Queued(QueuedRow),
+    /// A change of the mapping's table that could not be decoded, and why.
+    Undecodable { mapping_id: i64, reason: String },
     /// The end of a transaction that had changes.
     Commit { xid: i64, commit_ms: i64 },
     /// The end of transactions with nothing to deliver.
@@ -118,6 +123,7 @@ impl WalRecord {
                 }
                 s
             }
+            WalRecord::Undecodable { mapping_id, reason } => format!("U {mapping_id} {}\n{reason}", reason.len()),
             WalRecord::Commit { xid, commit_ms } => format!("C {xid} {commit_ms}"),
             WalRecord::Keepalive => "K".to_owned(),
         }
@@ -132,6 +138,10 @@ impl WalRecord {
         match fields.as_slice() {
             ["K"] => Ok(WalRecord::Keepalive),
             ["C", xid, ms] => Ok(WalRecord::Commit { xid: int(xid)?, commit_ms: int(ms)? }),
+            ["U", id, reason] => {
+                let [reason] = split_body(body, [reason]).ok_or_else(|| bad("bad lengths"))?;
+                Ok(WalRecord::Undecodable { mapping_id: int(id)?, reason: reason.unwrap_or_default() })
+            }
             ["E", op, id, before, after] => {
                 let op = WalOp::from_code(one_char(op).ok_or_else(|| bad("an unknown op"))?)
                     .ok_or_else(|| bad("an unknown op"))?;

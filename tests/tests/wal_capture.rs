@@ -351,3 +351,34 @@ fn a_detached_partition_is_no_longer_decoded_as_its_parent() {
     assert_eq!(ids, vec![Some(150.into()), Some(170.into())]);
     env.sql("SELECT pg_drop_replication_slot('probe')");
 }
+
+#[test]
+fn a_row_whose_text_raises_an_error_is_reported_and_decoding_goes_on() {
+    let mut env = logical("wal_plugin_poison");
+    // A type whose cast to json (user code, which to_jsonb calls) fails for one value. The
+    // capture trigger is dropped, as WAL capture installs none: the writer never runs the cast.
+    env.sql(
+        "CREATE TYPE mood AS ENUM ('ok', 'bad');
+         CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE sql
+           AS $$ SELECT CASE WHEN $1 = 'bad' THEN ($1::text::int)::text::json ELSE to_json($1::text) END $$;
+         CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood);
+         CREATE TABLE t (id int PRIMARY KEY, m mood);
+         SELECT redis.sync_table('t', stream => false);
+         DROP TRIGGER pg_redis_capture ON t;",
+    );
+    let m = mapping_id(&mut env, "t");
+    create_slot(&mut env);
+    for (id, mood) in [(1, "ok"), (2, "bad"), (3, "ok")] {
+        env.pg.execute("INSERT INTO t VALUES ($1, $2::text::mood)", &[&id, &mood]).expect("insert");
+    }
+    let records: Vec<WalRecord> =
+        peek(&mut env, "probe").into_iter().filter(|r| !matches!(r, WalRecord::Commit { .. })).collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(matches!(&records[0], WalRecord::Change { after: Some(a), .. } if a.contains("\"ok\"")), "{records:?}");
+    assert!(
+        matches!(&records[1], WalRecord::Undecodable { mapping_id, reason } if *mapping_id == m && reason.contains("invalid input syntax for type integer")),
+        "{records:?}"
+    );
+    assert!(matches!(&records[2], WalRecord::Change { after: Some(a), .. } if a.contains("\"id\": 3")), "{records:?}");
+    env.sql("SELECT pg_drop_replication_slot('probe')");
+}

@@ -136,7 +136,19 @@ unsafe extern "C-unwind" fn change(
     let class = with_session(|s| unsafe { s.relations.classify(rel) });
     let decode = |old, new| match &class {
         // SAFETY: the relation and tuples of this change, under its historic snapshot.
-        Relation::Synced(w, identity) => unsafe { decode::row_change(rel, w, *identity, action, old, new) },
+        Relation::Synced(r) if !r.user_types => unsafe {
+            decode::row_change(rel, &r.watch, r.identity, action, old, new)
+        },
+        Relation::Synced(r) => {
+            // User code (a cast to json, an output function) may raise an ERROR: it must not
+            // stop decoding at this change forever. A subtransaction takes no transaction id.
+            let guarded = std::panic::AssertUnwindSafe(|| {
+                // SAFETY: as above.
+                unsafe { decode::row_change(rel, &r.watch, r.identity, action, old, new) }
+            });
+            crate::pg::xact::in_subtransaction(guarded)
+                .unwrap_or_else(|reason| vec![WalRecord::Undecodable { mapping_id: r.watch.mapping_id, reason }])
+        }
         Relation::Outbox if action == Action::REORDER_BUFFER_CHANGE_INSERT => {
             // SAFETY: as above.
             unsafe { decode::queued_row(rel, new) }.into_iter().collect()
@@ -188,10 +200,10 @@ unsafe extern "C-unwind" fn truncate(
         let rel = unsafe { *relations.add(i) };
         // SAFETY: as above, under the historic snapshot.
         match with_session(|s| unsafe { s.relations.classify(rel) }) {
-            Relation::Synced(w, _) => {
+            Relation::Synced(r) => {
                 // SAFETY: as above.
-                let whole = unsafe { (*rel).rd_id } == w.table;
-                *whole_by_mapping.entry(w.mapping_id).or_default() |= whole;
+                let whole = unsafe { (*rel).rd_id } == r.watch.table;
+                *whole_by_mapping.entry(r.watch.mapping_id).or_default() |= whole;
             }
             Relation::MappingCatalog => with_session(|s| s.relations.forget()),
             _ => {}

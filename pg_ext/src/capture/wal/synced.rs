@@ -28,6 +28,16 @@ unsafe extern "C-unwind" fn relation_invalidated(_arg: pg_sys::Datum, _relid: pg
     STALE.store(true, Ordering::Relaxed);
 }
 
+/// A synced relation, as decoding needs it.
+pub struct SyncedRelation {
+    pub watch: Watch,
+    /// What its replica identity logs.
+    pub identity: Identity,
+    /// Whether a column has a type defined in the database: its cast to json or its output
+    /// function is user code, which may raise an ERROR (decoding it is then guarded).
+    pub user_types: bool,
+}
+
 /// What the replica identity of a synced relation logs of the old row of an UPDATE or DELETE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Identity {
@@ -47,9 +57,8 @@ pub enum Relation {
     MappingCatalog,
     /// `redis.outbox`: its rows are events, decoded in their place among the changes.
     Outbox,
-    /// Synced (itself, or the partitioned table it is a partition of), and what its replica
-    /// identity logs.
-    Synced(Rc<Watch>, Identity),
+    /// Synced (itself, or the partitioned table it is a partition of).
+    Synced(Rc<SyncedRelation>),
     NotSynced,
 }
 
@@ -92,10 +101,11 @@ impl Relations {
                 // SAFETY: a catalog scan under the historic snapshot (the contract).
                 let watch = candidates.into_iter().find_map(|table| unsafe { active_mapping(catalog, table) });
                 match watch {
-                    Some(w) => {
+                    Some(watch) => {
                         // SAFETY: the open relation (the contract).
-                        let identity = unsafe { identity(rel, &w.key_columns) };
-                        Relation::Synced(Rc::new(w), identity)
+                        let (identity, user_types) =
+                            unsafe { (identity(rel, &watch.key_columns), has_user_types(rel)) };
+                        Relation::Synced(Rc::new(SyncedRelation { watch, identity, user_types }))
                     }
                     None => Relation::NotSynced,
                 }
@@ -144,6 +154,16 @@ unsafe fn identity(rel: pg_sys::Relation, key_columns: &[String]) -> Identity {
             _ => Identity::Partial,
         }
     }
+}
+
+/// Whether a column of `rel` has a type created in the database (not built in).
+///
+/// # Safety
+/// `rel` is open.
+unsafe fn has_user_types(rel: pg_sys::Relation) -> bool {
+    // SAFETY: see the function's contract.
+    let attrs = unsafe { crate::pg::compat::attributes((*rel).rd_att) };
+    attrs.iter().any(|a| !a.attisdropped && a.atttypid.to_u32() >= pg_sys::FirstNormalObjectId)
 }
 
 /// `redis.mapping`, when the extension existed at the decoded point of history.
