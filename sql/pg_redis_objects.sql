@@ -17,6 +17,9 @@ CREATE TABLE redis.mapping (
     columns       text[],
     stream_key    text,
     channel       text,
+    -- How the table's changes are captured: 'wal' (decoded from the write-ahead log by the
+    -- output plugin, no trigger) or 'trigger' (the capture trigger queues them in the outbox).
+    capture       text NOT NULL DEFAULT 'trigger' CHECK (capture IN ('trigger', 'wal')),
     active        boolean NOT NULL DEFAULT true,
     created_at    timestamptz NOT NULL DEFAULT now()
 ) WITH (
@@ -75,6 +78,17 @@ CREATE TABLE redis.delivery (
     last_error_at     timestamptz
 );
 
+-- The replication slot the worker consumes under WAL capture (at most one row, kept by the
+-- worker). outbox_upto: outbox rows up to this id were committed before the slot could decode
+-- them and are drained from the outbox first (0 once done). Not dumped: slots are per server.
+CREATE TABLE redis.wal_slot (
+    only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    slot_name   name NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    outbox_upto bigint NOT NULL DEFAULT 0,
+    resynced_at timestamptz
+);
+
 -- Who this database is, recorded by CREATE EXTENSION: a copy (CREATE DATABASE ... TEMPLATE)
 -- carries the template's row, and its worker holds delivery until redis.adopt_copy() (the
 -- copied outbox and mappings target the template's keys). Not dumped: a restored database
@@ -104,7 +118,8 @@ SELECT m.table_name,
        c.relname AS rel_name,
        m.key_columns,
        m.key_types,
-       m.id AS mapping_id
+       m.id AS mapping_id,
+       m.capture
   FROM redis.mapping m
   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace

@@ -19,6 +19,14 @@ pub static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<
 
 pub fn register() {
     register_sql_command_settings();
+    GucRegistry::define_enum_guc(
+        c"pg_redis.capture",
+        c"How changes of synced tables are captured: from the write-ahead log, or by a trigger.",
+        c"auto: from the WAL when wal_level = logical, by trigger otherwise. wal: from the WAL only (sync_table fails when wal_level is lower). trigger: by trigger only (no replication slot). Tables keep the mode they were synced with until the worker converts them (see README).",
+        &CAPTURE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_redis.url",
         c"Redis server that receives changes and serves redis.* functions.",
@@ -144,6 +152,20 @@ pub fn tls_ca_file() -> Option<String> {
 /// `pg_redis.batch_max_bytes` in bytes.
 pub fn batch_max_bytes() -> usize {
     BATCH_MAX_BYTES.get().max(1) as usize * 1024
+}
+
+// ---- Capture mode (see capture/mode.rs) ----
+
+pub static CAPTURE: GucSetting<CaptureSetting> = GucSetting::<CaptureSetting>::new(CaptureSetting::Auto);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, pgrx::guc::PostgresGucEnum)]
+pub enum CaptureSetting {
+    #[name = c"auto"]
+    Auto,
+    #[name = c"wal"]
+    Wal,
+    #[name = c"trigger"]
+    Trigger,
 }
 
 // ---- What roles other than superusers may send to Redis from SQL (see api/privileges.rs) ----

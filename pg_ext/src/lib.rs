@@ -41,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
         worker::registry::init_shmem();
         worker::register_launcher();
         hooks::install();
+        capture::wake::register_everywhere();
     }
 }
 

@@ -110,6 +110,9 @@ pub enum Error {
     #[error("redis.wait_synced cannot read {what} ({reason}), so it cannot tell whether changes are still pending")]
     WaitCannotRead { what: String, reason: String },
 
+    #[error("pg_redis.capture is 'wal' but wal_level is '{wal_level}': changes of {table} cannot be decoded from the write-ahead log")]
+    WalCaptureUnavailable { table: String, wal_level: String },
+
     #[error("redis.capture() must be installed by redis.sync_table(), which passes the mapping id")]
     TriggerWithoutMapping,
 
@@ -193,7 +196,7 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             Error::NeedsReadCommitted { .. } => ErrorKind::NeedsReadCommitted,
-            Error::NotPreloaded => ErrorKind::NotReady,
+            Error::NotPreloaded | Error::WalCaptureUnavailable { .. } => ErrorKind::NotReady,
             Error::NotATable { .. } | Error::TemporaryTable { .. } => ErrorKind::WrongObjectType,
             Error::KeyColumnRename { .. } => ErrorKind::InvalidName,
             Error::NotSynced { .. } => ErrorKind::Unmapped,
@@ -233,6 +236,9 @@ impl Error {
             }
             Error::KeyColumnRename { .. } => "choose a column name without '{' or '}'",
             Error::NotSynced { .. } => "start with SELECT redis.sync_table(...)",
+            Error::WalCaptureUnavailable { .. } => {
+                "set wal_level = logical and restart PostgreSQL, or set pg_redis.capture = 'auto' to capture by trigger"
+            }
             _ => return None,
         })
     }

@@ -21,6 +21,14 @@ WITH queued AS (
     SELECT table_name::oid::text AS scope, table_name FROM redis.tables
     UNION SELECT scope, table_name FROM redis.delivery
     UNION SELECT scope, NULL FROM queued
+), slot AS (
+    -- The replication slot under WAL capture: how much WAL it keeps PostgreSQL from removing
+    -- (it grows while Redis is away) and PostgreSQL's word on it ('lost': invalidated).
+    SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+                ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn)::int8 END AS retained,
+           r.wal_status
+      FROM pg_catalog.pg_replication_slots r
+     WHERE r.slot_name = 'pg_redis_' || (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
 )
 SELECT s.table_name,
        coalesce(q.queued, 0) AS queued,
@@ -30,10 +38,15 @@ SELECT s.table_name,
        d.last_error,
        d.last_error_at,
        w.pid AS worker_pid,
-       w.state AS worker_state
+       w.state AS worker_state,
+       t.capture,
+       slot.retained AS wal_retained_bytes,
+       slot.wal_status AS slot_wal_status
   FROM (SELECT DISTINCT ON (scope) scope, table_name FROM scopes ORDER BY scope, table_name NULLS LAST) s
   LEFT JOIN queued q USING (scope)
   LEFT JOIN redis.delivery d USING (scope)
+  LEFT JOIN redis.tables t ON t.table_name::oid::text = s.scope
+  LEFT JOIN slot ON true
  CROSS JOIN redis.worker_status() w
  ORDER BY s.table_name NULLS LAST;
 

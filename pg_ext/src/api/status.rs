@@ -51,6 +51,11 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     let parked = as_extension_owner_pinned(|| {
         let first_dead = count_of("redis.dead_letter", "SELECT coalesce(max(id), 0) FROM redis.dead_letter", &[]);
         let last = count_of("redis.outbox", "SELECT coalesce(max(id), 0) FROM redis.outbox", &[]);
+        // Under WAL capture: every commit before this call ends before the WAL's insert
+        // position now; the worker moves its slot past what Redis acknowledged.
+        if !slot_reaches(deadline) {
+            return None;
+        }
         if last > 0 {
             // SAFETY: reading this backend's database id.
             registry::wake(unsafe { pg_sys::MyDatabaseId });
@@ -82,10 +87,73 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     true
 }
 
+/// Waits until the database's replication slot, when there is one, is confirmed up to the
+/// WAL's insert position at the call; false when `deadline` passes first.
+fn slot_reaches(deadline: Instant) -> bool {
+    // SAFETY: reading this backend's database id.
+    let dboid = unsafe { pg_sys::MyDatabaseId };
+    let name = crate::capture::mode::slot_name(dboid);
+    // SAFETY: reading the recovery state and the insert position, as pg_current_wal_insert_lsn()
+    // does; flushing up to it, as a commit does.
+    let target = unsafe {
+        if pg_sys::RecoveryInProgress() {
+            return true;
+        }
+        let target = record_end(pg_sys::GetXLogInsertRecPtr());
+        // Decoding reads flushed WAL only: a commit made with synchronous_commit = off, or
+        // records after the last commit, may sit unflushed for a long time on a quiet server.
+        pg_sys::XLogFlush(target);
+        target
+    };
+    let mut pause = Duration::from_micros(500);
+    loop {
+        let confirmed = crate::pg::read::one::<String>(
+            "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[name.clone().into()],
+        );
+        let confirmed = match confirmed {
+            Ok(Some(l)) => crate::worker::parse_lsn(&l).unwrap_or(0),
+            // No slot: capture by trigger, the outbox tells.
+            Ok(None) => return true,
+            Err(e) => cannot_read("pg_replication_slots", e),
+        };
+        if confirmed >= target {
+            return true;
+        }
+        // The worker moves the slot as it polls: wake it each time.
+        registry::wake(dboid);
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        sleep_interruptibly(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The insert position as a record's end reads: at the start of a page the position points past
+/// the page header, while the record before (and the flush position after it) ends before it.
+fn record_end(insert: u64) -> u64 {
+    // SAFETY: reading the segment size PostgreSQL set at start.
+    let segment = unsafe { pg_sys::wal_segment_size } as u64;
+    let page = pg_sys::XLOG_BLCKSZ as u64;
+    let long = size_of::<pg_sys::XLogLongPageHeaderData>() as u64;
+    let short = size_of::<pg_sys::XLogPageHeaderData>() as u64;
+    if segment > 0 && insert % segment == long {
+        insert - long
+    } else if insert % page == short {
+        insert - short
+    } else {
+        insert
+    }
+}
+
 /// The bigint a query of pg_redis's catalog returns; an ERROR naming `what` when it cannot be
 /// read, since wait_synced must never mistake a failed read for an empty queue.
 fn count_of(what: &str, query: &str, args: &[pgrx::datum::DatumWithOid]) -> i64 {
-    match Spi::get_one_with_args::<i64>(query, args) {
+    // Read-only (a transaction id held while waiting would hold back the worker's slot
+    // creation), so on a snapshot taken now: read-only SPI keeps the statement's.
+    match crate::pg::xact::on_latest_snapshot(|| crate::pg::read::one::<i64>(query, args)) {
         Ok(Some(n)) => n,
         Ok(None) => cannot_read(what, "no value"),
         Err(e) => cannot_read(what, e),
@@ -101,15 +169,18 @@ fn cannot_read(what: &str, why: impl std::fmt::Display) -> ! {
 fn others_pending(last: i64) -> bool {
     let mut after = 0i64;
     loop {
-        let rows: Vec<(i64, i64)> = Spi::connect(|c| {
-            let table = c.select(
-                "SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200",
-                None,
-                &[after.into(), last.into()],
-            )?;
-            table
-                .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))))
-                .collect::<spi::SpiResult<Vec<_>>>()
+        // A snapshot taken now each time: the rows go as the worker delivers them.
+        let rows: Vec<(i64, i64)> = crate::pg::xact::on_latest_snapshot(|| {
+            Spi::connect(|c| {
+                let table = c.select(
+                    "SELECT id, xmin::text::int8 FROM redis.outbox WHERE id > $1 AND id <= $2 ORDER BY id LIMIT 200",
+                    None,
+                    &[after.into(), last.into()],
+                )?;
+                table
+                    .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0))))
+                    .collect::<spi::SpiResult<Vec<_>>>()
+            })
         })
         .unwrap_or_else(|e| cannot_read("redis.outbox", e));
         if rows.is_empty() {

@@ -4,6 +4,7 @@
 
 pub mod canonical;
 pub mod enqueue;
+pub mod mode;
 pub mod trigger;
 pub mod wake;
 pub mod wal;

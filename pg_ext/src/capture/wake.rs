@@ -2,6 +2,10 @@
 //! flag; a transaction callback, registered once per process, sets the worker's latch when a
 //! transaction that queued events commits. A rollback wakes nobody.
 //!
+//! Under WAL capture no trigger runs: the callback, registered in every process, wakes the
+//! worker when a transaction that wrote anything commits in a database whose worker decodes
+//! the WAL (one shared-memory read per writing commit; the worker finds out what it was).
+//!
 //! The callback also remembers which of this session's transactions queued events, so that
 //! `redis.wait_synced()` can tell the session when one of its own changes was parked in
 //! `redis.dead_letter`, even if the worker parked it before the call.
@@ -18,6 +22,8 @@ const REMEMBERED_WRITES: usize = 4096;
 
 thread_local! {
     static PENDING: Cell<bool> = const { Cell::new(false) };
+    /// The committing transaction wrote (has a transaction id).
+    static WROTE: Cell<bool> = const { Cell::new(false) };
     /// The committing transaction's id (as `txid_current()` gives it), taken at pre-commit.
     static COMMITTING: Cell<Option<i64>> = const { Cell::new(None) };
     /// Transactions of this session that queued events and committed, since the last check.
@@ -51,6 +57,11 @@ pub fn forget_writes(n: usize) {
     });
 }
 
+/// Registers the callback in every process (called while the library is preloaded).
+pub fn register_everywhere() {
+    register();
+}
+
 fn register() {
     if !REGISTERED.get() {
         // SAFETY: registering a plain C callback with no state; done once per process.
@@ -63,16 +74,23 @@ fn register() {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT if PENDING.get() => {
+        XACT_EVENT_PRE_COMMIT => {
             // SAFETY: reading the id of the transaction being committed.
             let xid = unsafe { pg_sys::GetTopFullTransactionIdIfAny() }.value;
-            COMMITTING.set((xid != 0).then_some(xid as i64));
+            WROTE.set(xid != 0);
+            if PENDING.get() {
+                COMMITTING.set((xid != 0).then_some(xid as i64));
+            }
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             if PENDING.replace(false) {
                 // SAFETY: reading this backend's database id.
                 registry::wake(unsafe { pg_sys::MyDatabaseId });
+            } else if WROTE.get() {
+                // SAFETY: reading this backend's database id.
+                registry::wake_if_decoding(unsafe { pg_sys::MyDatabaseId });
             }
+            WROTE.set(false);
             if let Some(xid) = COMMITTING.take() {
                 COMMITTED.with_borrow_mut(|c| {
                     if c.len() == REMEMBERED_WRITES {
@@ -87,6 +105,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             PENDING.set(false);
+            WROTE.set(false);
             PROBE.set(false);
             COMMITTING.set(None);
         }

@@ -24,6 +24,14 @@ pub struct RelName {
 }
 
 impl RelName {
+    /// As messages name it.
+    pub fn display(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// # Safety
     /// `rv` is a valid RangeVar or null.
     unsafe fn from_range_var(rv: *const pg_sys::RangeVar) -> Option<RelName> {

@@ -17,7 +17,8 @@
 //! is the one of its nearest synced ancestor.
 
 use crate::api::privileges::{as_extension_owner_pinned, with_catalog_search_path};
-use crate::api::sync::{drop_triggers_in_tree, install_truncate_triggers};
+use crate::api::sync::{capture_of, drop_triggers_in_tree, install_truncate_triggers, require_full_identity};
+use crate::capture::mode::Capture;
 use crate::capture::wake;
 use crate::ddl::RelName;
 use crate::pg::catalog::{is_partition, lock_relation, Lock};
@@ -89,11 +90,19 @@ pub fn after_add(partition: &RelName, backfill: bool) {
         return;
     }
     let Some(mapping_id) = synced_ancestor_mapping(rel, false) else { return };
-    as_extension_owner_pinned(|| {
+    let capture = as_extension_owner_pinned(|| {
         // A table attached again may still carry TRUNCATE triggers of an older mapping.
         drop_triggers_in_tree(rel);
-        install_truncate_triggers(rel, mapping_id);
+        let capture = capture_of(mapping_id);
+        if capture == Capture::Trigger {
+            install_truncate_triggers(rel, mapping_id);
+        }
+        capture
     });
+    if capture == Capture::Wal {
+        // As the user running the DDL, who owns the partition.
+        require_full_identity(rel, &partition.display());
+    }
     if backfill {
         queue_tree(rel, mapping_id, Op::Read);
     }

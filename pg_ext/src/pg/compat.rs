@@ -94,3 +94,19 @@ pub unsafe fn decoded_tuples(change: *const pg_sys::ReorderBufferChange) -> (pg_
         (tp.oldtuple, tp.newtuple)
     }
 }
+
+/// Releases the replication slot this process holds, if any, and drops its temporary and
+/// half-created ones: what PostgresMain does after an ERROR (a background worker that catches
+/// errors must do it itself).
+pub fn release_replication_slots() {
+    // SAFETY: PostgreSQL's own cleanup, called outside any transaction after an abort.
+    unsafe {
+        if !pg_sys::MyReplicationSlot.is_null() {
+            pg_sys::ReplicationSlotRelease();
+        }
+        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+        pg_sys::ReplicationSlotCleanup();
+        #[cfg(not(any(feature = "pg15", feature = "pg16", feature = "pg17")))]
+        pg_sys::ReplicationSlotCleanup(false);
+    }
+}

@@ -9,6 +9,23 @@ use std::ffi::CStr;
 /// function's `SET` clause; an ERROR inside unwinds through the transaction abort, which pops
 /// the level by itself. No level is pushed when there is nothing to set.
 pub fn with_settings<'a, R>(settings: impl IntoIterator<Item = (&'a CStr, &'a CStr)>, f: impl FnOnce() -> R) -> R {
+    with_settings_in(pg_sys::GucContext::PGC_USERSET, settings, f)
+}
+
+/// [`with_settings`] for settings only a superuser may change (the background workers, which
+/// run as one).
+pub fn with_superuser_settings<'a, R>(
+    settings: impl IntoIterator<Item = (&'a CStr, &'a CStr)>,
+    f: impl FnOnce() -> R,
+) -> R {
+    with_settings_in(pg_sys::GucContext::PGC_SUSET, settings, f)
+}
+
+fn with_settings_in<'a, R>(
+    context: pg_sys::GucContext::Type,
+    settings: impl IntoIterator<Item = (&'a CStr, &'a CStr)>,
+    f: impl FnOnce() -> R,
+) -> R {
     let mut level = None;
     for (name, value) in settings {
         // SAFETY: a nest level and a setting on the backend's main thread.
@@ -17,7 +34,7 @@ pub fn with_settings<'a, R>(settings: impl IntoIterator<Item = (&'a CStr, &'a CS
             pg_sys::set_config_option(
                 name.as_ptr(),
                 value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
+                context,
                 pg_sys::GucSource::PGC_S_SESSION,
                 pg_sys::GucAction::GUC_ACTION_SAVE,
                 true,

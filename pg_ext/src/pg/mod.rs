@@ -2,7 +2,7 @@
 //! what it does rather than of the C API: what changed between the supported major versions
 //! (`compat`: nothing else knows which version it runs on; built with the `pg15` or `pg18`
 //! feature, 16 and 17 build with theirs, untested here), transactions and snapshots (`xact`),
-//! settings (`guc`), roles (`role`), relations in the catalog caches (`catalog`) and row
+//! settings (`guc`), read-only queries (`read`), roles (`role`), relations in the catalog caches (`catalog`) and row
 //! tuples (`tuple`): what more than one part of the extension uses.
 //!
 //! What one part alone needs stays with it, as the one place that touches it: parse trees of
@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod compat;
 pub mod guc;
+pub mod read;
 pub mod role;
 pub mod tuple;
 pub mod xact;

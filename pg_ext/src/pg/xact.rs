@@ -23,6 +23,10 @@ pub fn try_in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         .catch_others(|e| {
             // SAFETY: the failed transaction must be aborted before the next one starts.
             unsafe { pg_sys::AbortCurrentTransaction() };
+            // A replication slot the failed work held (decoding, creating one) is released as
+            // a backend's error recovery does: a slot left acquired, or a half-made one left
+            // behind, would fail every later use.
+            crate::pg::compat::release_replication_slots();
             Err(error_message(&e))
         })
         .execute()

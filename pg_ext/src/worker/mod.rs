@@ -15,6 +15,8 @@ pub use launcher::register_launcher;
 pub mod outbox;
 pub mod redis_sink;
 pub mod registry;
+mod wal;
+pub(crate) use wal::parse_lsn;
 
 use crate::gucs;
 use crate::pg::guc;
@@ -58,14 +60,19 @@ pub(super) fn pin_settings() {
     guc::pin(c"default_transaction_read_only", c"off");
     guc::pin(c"statement_timeout", c"0");
     guc::pin(c"lock_timeout", c"0");
+    // PostgreSQL 15.19, 18.6 and later: the output plugins decoding may load.
+    guc::pin_if_known(c"output_plugin_libraries", c"pg_redis");
     // PostgreSQL 17 and later.
     guc::pin_if_known(c"transaction_timeout", c"0");
 }
 
-pub(super) fn reload_config_if_asked() {
-    if BackgroundWorker::sighup_received() {
+/// Rereads the configuration file when asked; says whether it did.
+pub(super) fn reload_config_if_asked() -> bool {
+    let asked = BackgroundWorker::sighup_received();
+    if asked {
         guc::reload_config_file();
     }
+    asked
 }
 
 #[pg_guard]
@@ -137,6 +144,16 @@ struct Worker {
     backoff: Backoff,
     stuck: HashMap<Scope, Backoff>,
     pipeline: Option<redis_sink::PipelineThread>,
+    /// The replication slot, when delivering from the WAL.
+    slot: Option<wal::Slot>,
+    /// Retries of a change Redis refused, under WAL capture (all later ones wait for it).
+    slot_refused: Backoff,
+    /// The highest outbox id read (all, unless rows queued before the slot are drained).
+    outbox_upto: i64,
+    /// Tables may be captured otherwise than the setting picks (at start, after a reload).
+    recapture_due: bool,
+    /// What the registry says of this worker's decoding.
+    announced_decoding: bool,
 }
 
 impl Worker {
@@ -149,13 +166,20 @@ impl Worker {
             backoff: Backoff::default(),
             stuck: HashMap::new(),
             pipeline: redis_sink::PipelineThread::start(),
+            slot: None,
+            slot_refused: Backoff::default(),
+            outbox_upto: i64::MAX,
+            recapture_due: true,
+            announced_decoding: false,
         }
     }
 
     fn run(&mut self) -> Exit {
         let mut last_gc = Instant::now();
         loop {
-            reload_config_if_asked();
+            if reload_config_if_asked() {
+                self.recapture_due = true;
+            }
             if registry::stop_requested(self.dboid) {
                 log!("pg_redis: worker of database {} stops (the database is being dropped or copied)", self.database);
                 return Exit::Done;
@@ -170,6 +194,7 @@ impl Worker {
                 None => {
                     if !self.extension_installed() {
                         log!("pg_redis: extension dropped in database {}; worker stops", self.database);
+                        self.drop_slot();
                         return Exit::Done;
                     }
                     // An ERROR in the delivery transaction (logged, and shown as the worker's last
@@ -177,7 +202,8 @@ impl Worker {
                     self.backoff.fail(Instant::now(), ms(gucs::RETRY_MIN_MS.get()), ms(gucs::RETRY_MAX_MS.get()))
                 }
             };
-            if last_gc.elapsed() > GC_EVERY {
+            if last_gc.elapsed() > GC_EVERY && self.slot.is_none() {
+                // Under WAL capture the slot's rounds do it, once no record can name them.
                 in_transaction("forgetting unused mappings", outbox::forget_unused_mappings);
                 self.mappings.clear();
                 last_gc = Instant::now();
@@ -250,6 +276,18 @@ impl Worker {
     }
 
     fn drain_once(&mut self) -> Option<Drained> {
+        if self.uses_slot() || crate::capture::mode::server_decodes_wal() {
+            return self.drain_slot_once();
+        }
+        if self.recapture_due {
+            // A table synced for WAL capture whose slot never came (the setting changed first).
+            self.recapture_due = false;
+            self.recapture_tables();
+        }
+        self.drain_outbox_once()
+    }
+
+    fn drain_outbox_once(&mut self) -> Option<Drained> {
         let left = self.backoff.remaining(Instant::now());
         if !left.is_zero() {
             return Some(Drained::Failed(left));
@@ -285,7 +323,7 @@ impl Worker {
             let taken: Vec<i64> =
                 in_flight.as_ref().map(|f| f.events.iter().map(|e| e.id).collect()).unwrap_or_default();
             let (mut events, bytes_full) = if started.elapsed() < TRANSACTION_TIME {
-                outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken)
+                outbox::read_batch(limit, gucs::batch_max_bytes(), &self.excluded(), &taken, self.outbox_upto)
             } else {
                 (Vec::new(), false)
             };

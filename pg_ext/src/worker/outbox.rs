@@ -48,17 +48,18 @@ impl Kind {
 /// as TOAST pointers; they are turned into text in the outer one, row by row as the cursor
 /// fetches them (a sort over the text would detoast the whole queue for every batch).
 const BATCH_SQL: &str = "SELECT id, mapping_id, op::text, tx_id, (date_part('epoch', captured_at) * 1000)::int8, old_row::text, new_row::text, command, ctid::text \
-     FROM (SELECT ctid, * FROM redis.outbox WHERE NOT (coalesce(mapping_id, 0) = ANY($2)) AND id <> ALL($3) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS head";
+     FROM (SELECT ctid, * FROM redis.outbox WHERE NOT (coalesce(mapping_id, 0) = ANY($2)) AND id <> ALL($3) AND id <= $4 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS head";
 
 /// The oldest events, at most `limit` of them and about `max_bytes` of row data (at least one),
 /// skipping mapping versions in `excluded` (0 = commands) and the events in `taken` (already
 /// read by this transaction, on their way to Redis). A cursor locks only the rows it fetched,
-/// so what lies past the bounds stays free for the next batch. Also says whether the byte bound
+/// so what lies past the bounds stays free for the next batch. Only ids up to `upto` are read
+/// (the rows queued before the replication slot existed, while they are drained). Also says whether the byte bound
 /// was reached (more may be waiting).
-pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64]) -> (Vec<Event>, bool) {
+pub fn read_batch(limit: i64, max_bytes: usize, excluded: &[i64], taken: &[i64], upto: i64) -> (Vec<Event>, bool) {
     Spi::connect_mut(|client| {
-        let mut cursor =
-            client.open_cursor_mut(BATCH_SQL, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into()]);
+        let mut cursor = client
+            .open_cursor_mut(BATCH_SQL, &[limit.into(), excluded.to_vec().into(), taken.to_vec().into(), upto.into()]);
         let mut events = Vec::new();
         let mut bytes = 0usize;
         // Start small: nothing is known yet of the rows' size.

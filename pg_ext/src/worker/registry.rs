@@ -52,13 +52,27 @@ pub struct Slot {
     state: u8,
     /// Asked to stop for good (its database is being dropped or copied).
     stop: bool,
+    /// The worker delivers from the replication slot: any writing commit may concern it.
+    decodes: bool,
+    /// The worker's PGPROC (shared memory, at the same address in every process): waking it
+    /// at each writing commit must not take ProcArrayLock as a pid lookup does.
+    proc_addr: usize,
     error_len: u16,
     error: [u8; ERROR_LEN],
 }
 
 impl Default for Slot {
     fn default() -> Self {
-        Slot { dboid: 0, pid: 0, state: 0, stop: false, error_len: 0, error: [0; ERROR_LEN] }
+        Slot {
+            dboid: 0,
+            pid: 0,
+            state: 0,
+            stop: false,
+            decodes: false,
+            proc_addr: 0,
+            error_len: 0,
+            error: [0; ERROR_LEN],
+        }
     }
 }
 
@@ -191,6 +205,34 @@ pub fn wake(dboid: pg_sys::Oid) {
 }
 
 /// Asks the worker of `dboid` to stop for good and waits (up to `timeout`) until it did.
+/// Says whether the worker of `dboid` delivers from the replication slot.
+pub fn set_decoding(dboid: pg_sys::Oid, decodes: bool) {
+    if !available() {
+        return;
+    }
+    let db = dboid.to_u32();
+    let mut reg = REGISTRY.exclusive();
+    if let Some(s) = reg.slots.iter_mut().find(|s| s.dboid == db) {
+        s.decodes = decodes;
+        // SAFETY: this process's own PGPROC, valid while it lives.
+        s.proc_addr = unsafe { pg_sys::MyProc } as usize;
+    }
+}
+
+/// Wakes the worker of `dboid` if it delivers from the replication slot.
+pub fn wake_if_decoding(dboid: pg_sys::Oid) {
+    if !available() {
+        return;
+    }
+    let db = dboid.to_u32();
+    let proc_addr = REGISTRY.share().slots.iter().find(|s| s.dboid == db && s.decodes).map(|s| s.proc_addr);
+    if let Some(addr) = proc_addr.filter(|a| *a != 0) {
+        // SAFETY: a PGPROC in shared memory, which lives as long as the cluster; should the
+        // worker have exited since, its latch is reused or idle: a spurious wake-up at worst.
+        unsafe { pg_sys::SetLatch(&raw mut (*(addr as *mut pg_sys::PGPROC)).procLatch) };
+    }
+}
+
 pub fn stop_worker(dboid: pg_sys::Oid, timeout: std::time::Duration) {
     if !available() {
         return;

@@ -4,6 +4,7 @@
 
 use super::checks::Table;
 use crate::capture::enqueue;
+use crate::capture::mode::Capture;
 use crate::errors::raise;
 use pg_redis_shared::apply::mappings_changed_key;
 use pg_redis_shared::{Error, OutboxOp, TableMapping};
@@ -14,11 +15,11 @@ pub(super) fn current_database() -> String {
     Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
 }
 
-pub(super) fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid) -> i64 {
+pub(super) fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid, capture: Capture) -> i64 {
     let key_columns: Vec<String> = m.key.columns().map(str::to_owned).collect();
     Spi::get_one_with_args::<i64>(
-        "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel) \
-         VALUES ($1::oid::regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, capture) \
+         VALUES ($1::oid::regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         &[
             oid.into(),
             m.schema.clone().into(),
@@ -31,6 +32,7 @@ pub(super) fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid) -> i64 {
             m.columns.clone().into(),
             m.stream_key.clone().into(),
             m.channel.clone().into(),
+            capture.as_str().into(),
         ],
     )
     .unwrap_or_report()
@@ -44,6 +46,16 @@ pub(super) fn active_mapping_id(t: &Table) -> i64 {
     ) {
         Ok(Some(id)) => id,
         _ => raise(Error::NotSynced { table: t.display.clone() }),
+    }
+}
+
+/// How the changes of mapping version `mapping_id` are captured.
+pub(crate) fn capture_of(mapping_id: i64) -> Capture {
+    let mode =
+        Spi::get_one_with_args::<String>("SELECT capture FROM redis.mapping WHERE id = $1", &[mapping_id.into()]);
+    match mode {
+        Ok(Some(m)) if m == "wal" => Capture::Wal,
+        _ => Capture::Trigger,
     }
 }
 

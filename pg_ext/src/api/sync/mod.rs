@@ -13,16 +13,20 @@
 
 mod backfill;
 mod checks;
+mod identity;
 mod mapping;
 mod rename;
 mod triggers;
 
 // The DDL hook (`crate::ddl`) reaches these through `api::sync`.
 pub(crate) use backfill::queue_leaf;
+pub(crate) use identity::require_full_identity;
+pub(crate) use mapping::capture_of;
 pub(crate) use rename::follow_column_rename;
 pub(crate) use triggers::{drop_triggers_in_tree, install_truncate_triggers};
 
 use crate::api::privileges::as_extension_owner_pinned;
+use crate::capture::mode::{self, Capture};
 use crate::capture::wake;
 use crate::errors::{raise, OrRaise};
 use backfill::queue_rows;
@@ -39,7 +43,8 @@ use pgrx::PgRelation;
 use triggers::{drop_triggers, install_triggers};
 
 /// Starts syncing a table to Redis (or updates its mapping): validates everything, stores the
-/// mapping, installs the capture triggers and, with `backfill`, queues every existing row.
+/// mapping, sets up capture (from the WAL, or by trigger: see `capture::mode`) and, with
+/// `backfill`, queues every existing row.
 /// Returns the number of rows queued for backfill.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
@@ -55,6 +60,10 @@ fn sync_table(
 ) -> i64 {
     require_preloaded();
     require_read_committed("redis.sync_table()");
+    if mode::server_decodes_wal() {
+        // First: the slot can only be made while this transaction has written nothing.
+        mode::wait_for_slot(&tbl.name());
+    }
     let table = Table::check(&tbl);
     let cols = table_columns(table.oid);
     let template = match key {
@@ -97,6 +106,7 @@ fn sync_table(
             raise(Error::invalid_value("channel", "''", "name a channel, or pass NULL for no PUBLISH"));
         }
     }
+    let capture = mode::for_new_mapping(&table.display);
     let database = current_database();
     let stream_key = stream.unwrap_or(true).then(|| default_stream_key(&database, &table.schema, &table.name));
     let mapping = TableMapping {
@@ -125,17 +135,26 @@ fn sync_table(
             &[table.oid.into()],
         )
         .unwrap_or_report();
-        let id = insert_mapping(&mapping, table.oid);
+        let id = insert_mapping(&mapping, table.oid, capture);
         if let Ok((Some(old_id), Some(ref old_template))) = previous {
             if old_template.as_str() != mapping.key.as_str() {
                 // Keys of the old template would linger: delete them first, in order.
                 queue_row_event(old_id, OutboxOp::Row(Op::Truncate));
             }
         }
-        install_triggers(&table, id);
+        match capture {
+            // From this commit on the plugin decodes the table's changes, and no trigger
+            // queues them any more (one of an older version is dropped): each change is
+            // captured exactly once, whichever side of the commit it falls on.
+            Capture::Wal => drop_triggers(&table),
+            Capture::Trigger => install_triggers(&table, id),
+        }
         queue_mappings_changed(&database, id);
         (id, previous)
     });
+    if capture == Capture::Wal {
+        require_full_identity(table.oid, &table.display);
+    }
     let queued = if backfill.unwrap_or(true) { queue_rows(&table, id) } else { 0 };
     if let Ok((Some(_), _)) = previous {
         notice!("pg_redis: mapping of {} updated", table.display);
@@ -175,6 +194,56 @@ fn resync(tbl: PgRelation) -> i64 {
     as_extension_owner_pinned(|| queue_row_event(id, OutboxOp::Sweep));
     wake::after_commit();
     n
+}
+
+/// Captures the table's changes the way the server's setting picks now (`pg_redis.capture`,
+/// `wal_level`): a new mapping version, identical but for its capture, made in one commit with
+/// the triggers created or dropped, so every change is captured once, before or after it.
+/// Returns the capture in force ('wal' or 'trigger'). The worker calls it for every table once
+/// it decodes the WAL; call it after lowering capture to 'trigger'.
+#[pg_extern(volatile, parallel_unsafe)]
+fn recapture(tbl: PgRelation) -> String {
+    require_preloaded();
+    let table = Table::check(&tbl);
+    let capture = mode::for_new_mapping(&table.display);
+    lock(&table);
+    let changed = as_extension_owner_pinned(|| {
+        Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
+        let id = active_mapping_id(&table);
+        if capture_of(id) == capture {
+            return false;
+        }
+        Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[id.into()]).unwrap_or_report();
+        let new_id = Spi::get_one_with_args::<i64>(
+            "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, capture) \
+             SELECT table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, $2 \
+               FROM redis.mapping WHERE id = $1 RETURNING id",
+            &[id.into(), capture.as_str().into()],
+        )
+        .unwrap_or_report()
+        .unwrap_or_default();
+        match capture {
+            Capture::Wal => drop_triggers(&table),
+            Capture::Trigger => install_triggers(&table, new_id),
+        }
+        queue_mappings_changed(&current_database(), new_id);
+        true
+    });
+    if changed {
+        if capture == Capture::Wal {
+            require_full_identity(table.oid, &table.display);
+        }
+        notice!(
+            "pg_redis: changes of {} are now captured {}",
+            table.display,
+            match capture {
+                Capture::Wal => "from the WAL",
+                Capture::Trigger => "by trigger",
+            }
+        );
+        wake::after_commit();
+    }
+    capture.as_str().to_owned()
 }
 
 fn lock(t: &Table) {

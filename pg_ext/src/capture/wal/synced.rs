@@ -7,6 +7,7 @@
 //! invalidation decoding replays (a partition attached or detached, a replica identity
 //! changed, the extension dropped): the changes after it, in commit order, are classified anew.
 
+use crate::capture::mode::Capture;
 use crate::capture::watch::Watch;
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -185,7 +186,8 @@ fn ancestors(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     }
 }
 
-/// The active mapping of `table`, read from the catalog `catalog` (`redis.mapping`).
+/// The active mapping of `table` when it is captured from the WAL, read from the catalog
+/// `catalog` (`redis.mapping`).
 ///
 /// # Safety
 /// The historic snapshot of the change being decoded is in force.
@@ -203,8 +205,9 @@ unsafe fn active_mapping(catalog: pg_sys::Oid, table: pg_sys::Oid) -> Option<Wat
                 })
                 .map(|i| i as i16 + 1)
         };
-        let columns = ["id", "table_name", "active", "columns", "key_columns", "stream_key", "channel"].map(column);
-        let [Some(id), Some(table_name), Some(active), Some(cols), Some(key_cols), Some(stream), Some(channel)] =
+        let columns =
+            ["id", "table_name", "active", "columns", "key_columns", "stream_key", "channel", "capture"].map(column);
+        let [Some(id), Some(table_name), Some(active), Some(cols), Some(key_cols), Some(stream), Some(channel), Some(capture)] =
             columns
         else {
             pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
@@ -232,6 +235,11 @@ unsafe fn active_mapping(catalog: pg_sys::Oid, table: pg_sys::Oid) -> Option<Wat
             };
             let (a, a_null) = get(active);
             if a_null || !bool::from_datum(a, false).unwrap_or(false) {
+                continue;
+            }
+            // A version captured by trigger: its changes reach the outbox, decoded as queued rows.
+            let (m, m_null) = get(capture);
+            if String::from_datum(m, m_null).as_deref() != Some(Capture::Wal.as_str()) {
                 continue;
             }
             let (i, i_null) = get(id);

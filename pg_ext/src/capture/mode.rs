@@ -1,0 +1,105 @@
+//! Which capture a table gets, and whether the worker consumes the replication slot.
+//!
+//! A server with `wal_level = logical` captures from the write-ahead log (no per-row work in
+//! the writer's transaction); others, such as managed servers whose WAL level cannot change,
+//! capture by trigger. `pg_redis.capture` can force either. Each mapping version records the
+//! mode it was made with, so a change is captured exactly once: the plugin decodes changes of
+//! `wal` versions only, and only `trigger` versions have triggers.
+
+use crate::gucs::{CaptureSetting, CAPTURE};
+use pgrx::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    Trigger,
+    Wal,
+}
+
+impl Capture {
+    /// As `redis.mapping.capture` stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capture::Trigger => "trigger",
+            Capture::Wal => "wal",
+        }
+    }
+}
+
+/// Whether the server writes what logical decoding needs, and can keep a slot.
+pub fn wal_is_logical() -> bool {
+    // SAFETY: reading postmaster-set globals.
+    unsafe { pg_sys::wal_level >= pg_sys::WalLevel::WAL_LEVEL_LOGICAL as i32 && pg_sys::max_replication_slots > 0 }
+}
+
+/// Whether this server captures from the WAL: the worker keeps and consumes the slot.
+pub fn server_decodes_wal() -> bool {
+    CAPTURE.get() != CaptureSetting::Trigger && wal_is_logical()
+}
+
+/// The capture of a mapping version made now for `table` (as messages name it): an ERROR when
+/// WAL capture is demanded but impossible; a NOTICE when the server falls back to the trigger.
+pub fn for_new_mapping(table: &str) -> Capture {
+    match CAPTURE.get() {
+        CaptureSetting::Trigger => Capture::Trigger,
+        _ if wal_is_logical() => Capture::Wal,
+        CaptureSetting::Wal => crate::errors::raise(pg_redis_shared::Error::WalCaptureUnavailable {
+            table: table.to_owned(),
+            wal_level: wal_level_name(),
+        }),
+        CaptureSetting::Auto => {
+            notice!(
+                "pg_redis: changes of {table} are captured by a trigger (wal_level is '{}'); with wal_level = logical they are decoded from the WAL at a fraction of the writers' cost",
+                wal_level_name()
+            );
+            Capture::Trigger
+        }
+    }
+}
+
+fn wal_level_name() -> String {
+    crate::pg::guc::with_current(c"wal_level", |v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The replication slot of the database `dboid` (slot names allow `[a-z0-9_]` only).
+pub fn slot_name(dboid: pg_sys::Oid) -> String {
+    format!("pg_redis_{}", dboid.to_u32())
+}
+
+/// Waits (up to a few seconds) until the worker has made this database's slot, so that a table
+/// about to be captured from the WAL has every change decoded from its first. Called before the
+/// caller's transaction writes anything: the slot's creation waits for every transaction that
+/// did. Should it not come in time, changes until it does reach Redis through the resync the
+/// worker runs once it exists (keys right, the change streams with a snapshot read instead).
+pub fn wait_for_slot(table: &str) {
+    // SAFETY: reading this backend's database id and transaction id.
+    let (dboid, xid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetTopTransactionIdIfAny()) };
+    let name = slot_name(dboid);
+    let exists = || {
+        crate::pg::read::one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL)",
+            &[name.clone().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    };
+    if exists() {
+        return;
+    }
+    if xid == pg_sys::InvalidTransactionId {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            crate::worker::registry::wake(dboid);
+            // SAFETY: a plain sleep; interrupts are checked right after.
+            unsafe { pg_sys::pg_usleep(10_000) };
+            check_for_interrupts!();
+            if exists() {
+                return;
+            }
+        }
+    }
+    notice!(
+        "pg_redis: the delivery worker has not made replication slot {name} yet (it waits for transactions that wrote to end); changes of {table} until it does reach Redis by a resync"
+    );
+}

@@ -1,0 +1,210 @@
+//! Delivery under WAL capture: the worker consumes its database's replication slot and applies
+//! what the output plugin decodes, in commit order; the slot moves only past what Redis
+//! acknowledged. Real PostgreSQL (`wal_level = logical`) and a real redis-server.
+
+use pg_redis_tests::harness::Options;
+use pg_redis_tests::{check, Env};
+use std::time::{Duration, Instant};
+
+fn logical(name: &str, extra: &[(&str, &str)]) -> Env {
+    let mut opts = Options::named(name);
+    opts.pg_settings.push(("wal_level".into(), "logical".into()));
+    for (k, v) in extra {
+        opts.pg_settings.push((k.to_string(), v.to_string()));
+    }
+    Env::with(opts)
+}
+
+fn one<T: for<'a> postgres::types::FromSql<'a>>(env: &mut Env, sql: &str) -> T {
+    env.pg.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+fn slot_name(env: &mut Env) -> String {
+    one(env, "SELECT 'pg_redis_' || oid FROM pg_database WHERE datname = current_database()")
+}
+
+/// Waits up to `secs` for `cond`, failing with `what`.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stream_ops(env: &mut Env, stream: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut env.redis).expect("XRANGE");
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "value").map(|kv| kv[1].clone()))
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(&v).expect("event JSON")["op"].as_str().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn wal_capture_delivers_committed_changes_in_commit_order_without_triggers() {
+    let mut env = logical("wal_delivery_basic", &[]);
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
+         INSERT INTO t VALUES (1, 'before sync');
+         SELECT redis.sync_table('t');",
+    );
+    let capture: String = one(&mut env, "SELECT capture FROM redis.mapping WHERE active");
+    assert_eq!(capture, "wal");
+    let triggers: i64 = one(&mut env, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass");
+    assert_eq!(triggers, 0, "a table captured from the WAL has no capture trigger");
+    let identity: String = one(&mut env, "SELECT relreplident::text FROM pg_class WHERE oid = 't'::regclass");
+    assert_eq!(identity, "f", "sync_table sets REPLICA IDENTITY FULL");
+    env.sql(
+        "INSERT INTO t VALUES (2, 'a');
+         UPDATE t SET note = 'b' WHERE id = 2;
+         UPDATE t SET id = 3 WHERE id = 2;
+         BEGIN; INSERT INTO t VALUES (9, 'rolled back'); ROLLBACK;
+         BEGIN; INSERT INTO t VALUES (4, 'kept'); SAVEPOINT s; INSERT INTO t VALUES (5, 'no'); ROLLBACK TO s; COMMIT;
+         DELETE FROM t WHERE id = 1;
+         BEGIN; UPDATE t SET note = 'with marker' WHERE id = 4; SELECT redis.on_commit('SET', 'marker', 'after 4'); COMMIT;",
+    );
+    env.wait_synced();
+    env.assert_consistent("t");
+    assert_eq!(env.get("t:9"), None);
+    assert_eq!(env.get("t:5"), None);
+    assert_eq!(env.get("marker").as_deref(), Some("after 4"));
+    // Stream: the backfill read, then each change in commit order (the key change as d + c).
+    let ops = stream_ops(&mut env, "postgres.public.t");
+    assert_eq!(ops, ["r", "c", "u", "d", "c", "c", "d", "u"], "stream ops in commit order");
+    let slot = slot_name(&mut env);
+    let active: i64 = one(
+        &mut env,
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND plugin = 'pg_redis'"),
+    );
+    assert_eq!(active, 1, "the worker's slot exists");
+    let status: Vec<String> = check::status(&mut env.pg);
+    assert!(!status.is_empty());
+    // TRUNCATE empties the table's keys.
+    env.sql("TRUNCATE t");
+    env.wait_synced();
+    env.assert_consistent("t");
+}
+
+#[test]
+fn the_slot_holds_changes_while_redis_is_down_and_nothing_is_lost() {
+    let mut env = logical("wal_delivery_redis_down", &[]);
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, n int); SELECT redis.sync_table('t', stream => false);");
+    env.wait_synced();
+    env.servers.redis.stop();
+    env.sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 5000) g; UPDATE t SET n = n + 1 WHERE id % 2 = 0; DELETE FROM t WHERE id % 7 = 0;");
+    for i in 0..20 {
+        env.sql(&format!("UPDATE t SET n = n + 1 WHERE id = {}", i + 1));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let retained: Option<i64> = one(&mut env, "SELECT max(wal_retained_bytes) FROM redis.status");
+    assert!(retained.unwrap_or(0) > 0, "redis.status shows the WAL the slot retains: {retained:?}");
+    let synced: bool = one(&mut env, "SELECT redis.wait_synced(500)");
+    assert!(!synced, "nothing can be synced while Redis is down");
+    env.servers.redis.start_again().expect("Redis starts again");
+    env.redis = env.redis_client();
+    env.wait_synced();
+    env.assert_consistent("t");
+}
+
+#[test]
+fn an_invalidated_slot_is_repaired_by_resyncing() {
+    let mut env = logical("wal_delivery_invalidated", &[("max_slot_wal_keep_size", "1MB"), ("wal_keep_size", "0")]);
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, n int); SELECT redis.sync_table('t', stream => false);
+         CREATE TABLE filler (id serial, pad text);",
+    );
+    env.wait_synced();
+    env.servers.redis.stop();
+    env.sql("INSERT INTO t SELECT g, 1 FROM generate_series(1, 1000) g");
+    // Push the slot's WAL out: several segments, then a checkpoint.
+    for _ in 0..4 {
+        env.sql(
+            "INSERT INTO filler (pad) SELECT repeat('x', 1000) FROM generate_series(1, 20000); SELECT pg_switch_wal();",
+        );
+    }
+    env.sql("CHECKPOINT");
+    let slot = slot_name(&mut env);
+    let lost: String = one(
+        &mut env,
+        &format!("SELECT coalesce(wal_status, 'gone') FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+    );
+    assert_eq!(lost, "lost", "the slot was invalidated");
+    env.sql("DELETE FROM t WHERE id <= 10; UPDATE t SET n = 2 WHERE id > 990");
+    env.servers.redis.start_again().expect("Redis starts again");
+    env.redis = env.redis_client();
+    wait_for(60, "the slot to be made again", || {
+        let s: String = env
+            .pg
+            .query_one(
+                &format!(
+                    "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'), 'gone')"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        s != "lost" && s != "gone"
+    });
+    env.wait_synced();
+    env.assert_consistent("t");
+}
+
+#[test]
+fn capture_follows_wal_level_across_restarts_with_nothing_lost() {
+    // Starts with wal_level = replica: capture by trigger.
+    let mut env = Env::start("wal_delivery_mode_switch");
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, n int); SELECT redis.sync_table('t', stream => false);");
+    let capture: String = one(&mut env, "SELECT capture FROM redis.mapping WHERE active");
+    assert_eq!(capture, "trigger");
+    env.sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 500) g");
+    // Raise the level: the worker makes its slot and moves the table to WAL capture.
+    env.sql("ALTER SYSTEM SET wal_level = logical");
+    env.servers.pg.restart().expect("restart");
+    env.pg = env.pg_client();
+    env.sql("UPDATE t SET n = 1 WHERE id <= 100");
+    wait_for(60, "the table to be captured from the WAL", || {
+        let c: String = env.pg.query_one("SELECT capture FROM redis.mapping WHERE active", &[]).unwrap().get(0);
+        c == "wal"
+    });
+    env.sql("UPDATE t SET n = 2 WHERE id > 400; DELETE FROM t WHERE id BETWEEN 200 AND 210");
+    env.wait_synced();
+    env.assert_consistent("t");
+    // Back to the trigger: the worker converts the table, then drops its slot, after which
+    // the server may start with a lower wal_level.
+    env.sql("ALTER SYSTEM SET pg_redis.capture = 'trigger'");
+    env.sql("SELECT pg_reload_conf()");
+    let slot = slot_name(&mut env);
+    wait_for(60, "the slot to be dropped", || {
+        let n: i64 = env
+            .pg
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .unwrap()
+            .get(0);
+        n == 0
+    });
+    env.sql("UPDATE t SET n = 3 WHERE id <= 50");
+    env.sql("ALTER SYSTEM SET wal_level = replica");
+    env.servers.pg.restart().expect("restart with wal_level = replica");
+    env.pg = env.pg_client();
+    let capture: String = one(&mut env, "SELECT capture FROM redis.mapping WHERE active");
+    assert_eq!(capture, "trigger");
+    env.sql("UPDATE t SET n = 4 WHERE id > 450");
+    env.wait_synced();
+    env.assert_consistent("t");
+}
+
+#[test]
+fn wal_capture_demanded_without_logical_wal_is_refused_with_the_remedy() {
+    let mut env = Env::with(Options {
+        pg_settings: vec![("pg_redis.capture".into(), "wal".into())],
+        ..Options::named("wal_delivery_refused")
+    });
+    env.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let (state, msg) = env.sql_error("SELECT redis.sync_table('t')");
+    assert_eq!(state, "55000");
+    assert!(msg.contains("wal_level"), "{msg}");
+}
