@@ -53,9 +53,10 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
         let last = count_of("redis.outbox", "SELECT coalesce(max(id), 0) FROM redis.outbox", &[]);
         // Under WAL capture: every commit before this call ends before the WAL's insert
         // position now; the worker moves its slot past what Redis acknowledged.
-        if !slot_reaches(deadline) {
-            return None;
-        }
+        let decoded = match slot_reaches(deadline) {
+            Some(decoded) => decoded,
+            None => return None,
+        };
         if last > 0 {
             // SAFETY: reading this backend's database id.
             registry::wake(unsafe { pg_sys::MyDatabaseId });
@@ -70,10 +71,13 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
             }
         }
         // Delivered, or parked for good: say so rather than claim success.
+        // A decoded change parked meanwhile has an id past `last` (it had no outbox row): any
+        // parked since the call began counts, so as never to claim success for one.
+        let upto = if decoded { i64::MAX } else { last };
         Some(count_of(
             "redis.dead_letter",
             "SELECT count(*) FROM redis.dead_letter WHERE (id > $1 AND id <= $2) OR tx_id = ANY ($3)",
-            &[first_dead.into(), last.into(), mine.clone().into()],
+            &[first_dead.into(), upto.into(), mine.clone().into()],
         ))
     });
     let Some(parked) = parked else {
@@ -88,8 +92,9 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
 }
 
 /// Waits until the database's replication slot, when there is one, is confirmed up to the
-/// WAL's insert position at the call; false when `deadline` passes first.
-fn slot_reaches(deadline: Instant) -> bool {
+/// WAL's insert position at the call: Some(whether there is a slot), None when `deadline`
+/// passes first.
+fn slot_reaches(deadline: Instant) -> Option<bool> {
     // SAFETY: reading this backend's database id.
     let dboid = unsafe { pg_sys::MyDatabaseId };
     let name = crate::capture::mode::slot_name(dboid);
@@ -97,7 +102,7 @@ fn slot_reaches(deadline: Instant) -> bool {
     // does; flushing up to it, as a commit does.
     let target = unsafe {
         if pg_sys::RecoveryInProgress() {
-            return true;
+            return Some(false);
         }
         let target = record_end(pg_sys::GetXLogInsertRecPtr());
         // Decoding reads flushed WAL only: a commit made with synchronous_commit = off, or
@@ -114,17 +119,17 @@ fn slot_reaches(deadline: Instant) -> bool {
         let confirmed = match confirmed {
             Ok(Some(l)) => crate::worker::parse_lsn(&l).unwrap_or(0),
             // No slot: capture by trigger, the outbox tells.
-            Ok(None) => return true,
+            Ok(None) => return Some(false),
             Err(e) => cannot_read("pg_replication_slots", e),
         };
         if confirmed >= target {
-            return true;
+            return Some(true);
         }
         // The worker moves the slot as it polls: wake it each time.
         registry::wake(dboid);
         let now = Instant::now();
         if now >= deadline {
-            return false;
+            return None;
         }
         sleep_interruptibly(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(20));

@@ -38,10 +38,19 @@ pub fn server_decodes_wal() -> bool {
 
 /// The capture of a mapping version made now for `table` (as messages name it): an ERROR when
 /// WAL capture is demanded but impossible; a NOTICE when the server falls back to the trigger.
-pub fn for_new_mapping(table: &str) -> Capture {
+/// `slot_ready`: the worker's slot exists (see [`slot_ready`]); until it does, a table is
+/// captured by trigger, and the worker moves it to WAL capture once the slot is there (in one
+/// commit, nothing captured twice or lost).
+pub fn for_new_mapping(table: &str, slot_ready: bool) -> Capture {
     match CAPTURE.get() {
         CaptureSetting::Trigger => Capture::Trigger,
-        _ if wal_is_logical() => Capture::Wal,
+        _ if wal_is_logical() && slot_ready => Capture::Wal,
+        _ if wal_is_logical() => {
+            notice!(
+                "pg_redis: changes of {table} are captured by a trigger until the delivery worker has made its replication slot; it then moves the table to WAL capture"
+            );
+            Capture::Trigger
+        }
         CaptureSetting::Wal => crate::errors::raise(pg_redis_shared::Error::WalCaptureUnavailable {
             table: table.to_owned(),
             wal_level: wal_level_name(),
@@ -66,40 +75,46 @@ pub fn slot_name(dboid: pg_sys::Oid) -> String {
     format!("pg_redis_{}", dboid.to_u32())
 }
 
-/// Waits (up to a few seconds) until the worker has made this database's slot, so that a table
-/// about to be captured from the WAL has every change decoded from its first. Called before the
-/// caller's transaction writes anything: the slot's creation waits for every transaction that
-/// did. Should it not come in time, changes until it does reach Redis through the resync the
-/// worker runs once it exists (keys right, the change streams with a snapshot read instead).
-pub fn wait_for_slot(table: &str) {
+/// Whether the worker's slot is ready for tables captured from the WAL, waiting a few seconds
+/// for it when this server decodes the WAL. Call it before the transaction writes anything:
+/// the slot's creation waits for every transaction that did (after a write it only looks).
+pub fn slot_ready() -> bool {
+    if !server_decodes_wal() {
+        return false;
+    }
     // SAFETY: reading this backend's database id and transaction id.
     let (dboid, xid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetTopTransactionIdIfAny()) };
     let name = slot_name(dboid);
-    let exists = || {
-        crate::pg::read::one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL)",
-            &[name.clone().into()],
-        )
+    // Made, and caught up with by the worker (its bookkeeping row committed).
+    let ready = || {
+        crate::api::privileges::as_extension_owner_pinned(|| {
+            crate::pg::xact::on_latest_snapshot(|| {
+                crate::pg::read::one::<bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots r JOIN redis.wal_slot w ON w.slot_name = r.slot_name \
+                      WHERE r.slot_name = $1 AND r.confirmed_flush_lsn IS NOT NULL)",
+                    &[name.clone().into()],
+                )
+            })
+        })
         .ok()
         .flatten()
         .unwrap_or(false)
     };
-    if exists() {
-        return;
+    if ready() {
+        return true;
     }
-    if xid == pg_sys::InvalidTransactionId {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            crate::worker::registry::wake(dboid);
-            // SAFETY: a plain sleep; interrupts are checked right after.
-            unsafe { pg_sys::pg_usleep(10_000) };
-            check_for_interrupts!();
-            if exists() {
-                return;
-            }
+    if xid != pg_sys::InvalidTransactionId {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        crate::worker::registry::wake(dboid);
+        // SAFETY: a plain sleep; interrupts are checked right after.
+        unsafe { pg_sys::pg_usleep(10_000) };
+        check_for_interrupts!();
+        if ready() {
+            return true;
         }
     }
-    notice!(
-        "pg_redis: the delivery worker has not made replication slot {name} yet (it waits for transactions that wrote to end); changes of {table} until it does reach Redis by a resync"
-    );
+    false
 }

@@ -78,9 +78,9 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
             // SAFETY: reading the id of the transaction being committed.
             let xid = unsafe { pg_sys::GetTopFullTransactionIdIfAny() }.value;
             WROTE.set(xid != 0);
-            if PENDING.get() {
-                COMMITTING.set((xid != 0).then_some(xid as i64));
-            }
+            // Every writing transaction: under WAL capture its changes are queued nowhere the
+            // session could see, and wait_synced still owes it word of any parked.
+            COMMITTING.set((xid != 0).then_some(xid as i64));
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             if PENDING.replace(false) {

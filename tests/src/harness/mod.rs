@@ -74,6 +74,13 @@ impl Servers {
         if opts.redis_tls {
             settings.push(("pg_redis.tls_ca_file".to_owned(), format!("'{}'", dir.join("redis/tls/ca.crt").display())));
         }
+        // PG_REDIS_CAPTURE=wal: the whole suite under WAL capture (wal_level = logical), unless
+        // a test sets the level itself.
+        if std::env::var("PG_REDIS_CAPTURE").as_deref() == Ok("wal")
+            && !opts.pg_settings.iter().any(|(k, _)| k == "wal_level")
+        {
+            settings.push(("wal_level".to_owned(), "logical".to_owned()));
+        }
         settings.extend(opts.pg_settings.iter().cloned());
         let pg = Postgres::start(&PgConfig { dir: dir.join("pg"), port: pg_port, settings })?;
         let module = if opts.without_module {

@@ -60,10 +60,8 @@ fn sync_table(
 ) -> i64 {
     require_preloaded();
     require_read_committed("redis.sync_table()");
-    if mode::server_decodes_wal() {
-        // First: the slot can only be made while this transaction has written nothing.
-        mode::wait_for_slot(&tbl.name());
-    }
+    // First: the slot can only be made while this transaction has written nothing.
+    let slot_ready = mode::slot_ready();
     let table = Table::check(&tbl);
     let cols = table_columns(table.oid);
     let template = match key {
@@ -106,7 +104,7 @@ fn sync_table(
             raise(Error::invalid_value("channel", "''", "name a channel, or pass NULL for no PUBLISH"));
         }
     }
-    let capture = mode::for_new_mapping(&table.display);
+    let capture = mode::for_new_mapping(&table.display, slot_ready);
     let database = current_database();
     let stream_key = stream.unwrap_or(true).then(|| default_stream_key(&database, &table.schema, &table.name));
     let mapping = TableMapping {
@@ -204,8 +202,9 @@ fn resync(tbl: PgRelation) -> i64 {
 #[pg_extern(volatile, parallel_unsafe)]
 fn recapture(tbl: PgRelation) -> String {
     require_preloaded();
+    let slot_ready = mode::slot_ready();
     let table = Table::check(&tbl);
-    let capture = mode::for_new_mapping(&table.display);
+    let capture = mode::for_new_mapping(&table.display, slot_ready);
     lock(&table);
     let changed = as_extension_owner_pinned(|| {
         Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
