@@ -9,6 +9,7 @@
 //! E <op> <mapping id> <before length | -> <after length | ->\n<before><after>
 //! Q <id> <mapping id | -> <op> <tx id> <captured, ms> <old length | -> <new length | -> <command length | ->\n<old><new><command>
 //! U <mapping id> <reason length>\n<reason>
+//! B <xid> <commit time, ms since the epoch>
 //! C <xid> <commit time, ms since the epoch>
 //! K
 //! ```
@@ -18,7 +19,8 @@
 //! `redis.outbox` (a trigger's change, a backfill's read, a queued command as a JSON array),
 //! in its place among the changes. `U` is a change of a synced table that could not be turned
 //! into text (a user-defined cast to json raised an ERROR): decoding goes on, and the consumer
-//! reports it and repairs the table. `C` ends a transaction that
+//! reports it and repairs the table. `B` opens a transaction that has records, before the
+//! first (the consumer may read a large transaction in parts). `C` ends a transaction that
 //! had records; its LSN is the commit's end, where the slot may be advanced to once everything
 //! before it reached Redis. `K` stands for transactions that had none, so that the slot moves
 //! past them too.
@@ -35,7 +37,9 @@ pub enum WalRecord {
     Queued(QueuedRow),
     /// A change of the mapping's table that could not be decoded, and why.
     Undecodable { mapping_id: i64, reason: String },
-    /// The end of a transaction that had changes.
+    /// The start of a transaction that has records: its id and commit time.
+    Begin { xid: i64, commit_ms: i64 },
+    /// The end of a transaction that had records.
     Commit { xid: i64, commit_ms: i64 },
     /// The end of transactions with nothing to deliver.
     Keepalive,
@@ -124,6 +128,7 @@ impl WalRecord {
                 s
             }
             WalRecord::Undecodable { mapping_id, reason } => format!("U {mapping_id} {}\n{reason}", reason.len()),
+            WalRecord::Begin { xid, commit_ms } => format!("B {xid} {commit_ms}"),
             WalRecord::Commit { xid, commit_ms } => format!("C {xid} {commit_ms}"),
             WalRecord::Keepalive => "K".to_owned(),
         }
@@ -137,6 +142,7 @@ impl WalRecord {
         let int = |s: &str| s.parse::<i64>().map_err(|_| bad("a number expected"));
         match fields.as_slice() {
             ["K"] => Ok(WalRecord::Keepalive),
+            ["B", xid, ms] => Ok(WalRecord::Begin { xid: int(xid)?, commit_ms: int(ms)? }),
             ["C", xid, ms] => Ok(WalRecord::Commit { xid: int(xid)?, commit_ms: int(ms)? }),
             ["U", id, reason] => {
                 let [reason] = split_body(body, [reason]).ok_or_else(|| bad("bad lengths"))?;
@@ -217,6 +223,7 @@ mod tests {
     fn every_record_reads_back_as_written() {
         round_trip(WalRecord::Keepalive);
         round_trip(WalRecord::Commit { xid: 4_294_967_296, commit_ms: 1_700_000_000_123 });
+        round_trip(WalRecord::Begin { xid: 4_294_967_296, commit_ms: 1_700_000_000_123 });
         round_trip(WalRecord::Change {
             mapping_id: 7,
             op: WalOp::Outbox(OutboxOp::Row(Op::Update)),
@@ -248,6 +255,7 @@ mod tests {
         };
         assert_eq!(r.encode(), "E d 12 9 -\n{\"id\": 1}");
         assert_eq!(WalRecord::Commit { xid: 5, commit_ms: 6 }.encode(), "C 5 6");
+        assert_eq!(WalRecord::Begin { xid: 5, commit_ms: 6 }.encode(), "B 5 6");
     }
 
     #[test]

@@ -16,6 +16,13 @@ fn logical(name: &str) -> Env {
     opts.pg_settings.push(("wal_level".into(), "logical".into()));
     let mut env = Env::with(opts);
     env.sql("SET output_plugin_libraries = 'pg_redis'");
+    // The delivery worker's slot, made: from then on sync_table captures from the WAL at once,
+    // also in a transaction that already wrote (before it, such a table starts with a trigger).
+    let t0 = std::time::Instant::now();
+    while env.pg.query_one("SELECT count(*) FROM redis.wal_slot", &[]).expect("wal_slot").get::<_, i64>(0) == 0 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the worker made no slot");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     env
 }
 
@@ -23,14 +30,17 @@ fn create_slot(env: &mut Env) {
     env.sql("SELECT pg_create_logical_replication_slot('probe', 'pg_redis')");
 }
 
-/// The records of `slot` not yet consumed, keep-alives left out.
+/// The records of `slot` not yet consumed, keep-alives and transaction openings left out.
 fn peek(env: &mut Env, slot: &str) -> Vec<WalRecord> {
+    peek_all(env, slot).into_iter().filter(|r| !matches!(r, WalRecord::Keepalive | WalRecord::Begin { .. })).collect()
+}
+
+fn peek_all(env: &mut Env, slot: &str) -> Vec<WalRecord> {
     env.pg
         .query("SELECT data FROM pg_logical_slot_peek_changes($1, NULL, NULL)", &[&slot])
         .expect("peek")
         .iter()
         .map(|r| WalRecord::parse(r.get::<_, &str>(0)).unwrap_or_else(|e| panic!("{e}")))
-        .filter(|r| *r != WalRecord::Keepalive)
         .collect()
 }
 
@@ -80,6 +90,19 @@ fn the_plugin_decodes_committed_changes_of_synced_tables_in_commit_order() {
         "BEGIN; INSERT INTO t VALUES (4, 'kept'); SAVEPOINT s; INSERT INTO t VALUES (5, 'rolled back'); ROLLBACK TO s; COMMIT",
     ] {
         env.sql(sql);
+    }
+    // Each transaction with records opens with B and closes with C, both naming it.
+    let mut open = None;
+    for r in peek_all(&mut env, "probe") {
+        match r {
+            WalRecord::Begin { xid, commit_ms } => {
+                assert!(open.is_none(), "a transaction opens inside another");
+                open = Some((xid, commit_ms));
+            }
+            WalRecord::Commit { xid, commit_ms } => assert_eq!(open.take(), Some((xid, commit_ms))),
+            WalRecord::Keepalive => assert!(open.is_none()),
+            _ => assert!(open.is_some(), "a record outside a transaction"),
+        }
     }
     // Rows queued in the outbox (the delivery worker's own) are left out here.
     let records: Vec<WalRecord> =

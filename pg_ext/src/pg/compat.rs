@@ -104,9 +104,9 @@ pub fn release_replication_slots() {
         if !pg_sys::MyReplicationSlot.is_null() {
             pg_sys::ReplicationSlotRelease();
         }
-        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
         pg_sys::ReplicationSlotCleanup();
-        #[cfg(not(any(feature = "pg15", feature = "pg16", feature = "pg17")))]
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
         pg_sys::ReplicationSlotCleanup(false);
     }
 }

@@ -148,6 +148,8 @@ struct Worker {
     slot: Option<wal::Slot>,
     /// Retries of a change Redis refused, under WAL capture (all later ones wait for it).
     slot_refused: Backoff,
+    /// When the worker last failed to make its slot (it tries again after a while).
+    slot_attempt: Option<Instant>,
     /// The highest outbox id read (all, unless rows queued before the slot are drained).
     outbox_upto: i64,
     /// Tables may be captured otherwise than the setting picks (at start, after a reload).
@@ -168,6 +170,7 @@ impl Worker {
             pipeline: redis_sink::PipelineThread::start(),
             slot: None,
             slot_refused: Backoff::default(),
+            slot_attempt: None,
             outbox_upto: i64::MAX,
             recapture_due: true,
             announced_decoding: false,

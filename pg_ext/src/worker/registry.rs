@@ -204,7 +204,6 @@ pub fn wake(dboid: pg_sys::Oid) {
     set_latch_of(pid);
 }
 
-/// Asks the worker of `dboid` to stop for good and waits (up to `timeout`) until it did.
 /// Says whether the worker of `dboid` delivers from the replication slot.
 pub fn set_decoding(dboid: pg_sys::Oid, decodes: bool) {
     if !available() {
@@ -233,6 +232,7 @@ pub fn wake_if_decoding(dboid: pg_sys::Oid) {
     }
 }
 
+/// Asks the worker of `dboid` to stop for good and waits (up to `timeout`) until it did.
 pub fn stop_worker(dboid: pg_sys::Oid, timeout: std::time::Duration) {
     if !available() {
         return;

@@ -35,6 +35,9 @@ use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+/// How long after a failed attempt to make the slot the worker tries again.
+const SLOT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The slot's state, as the worker keeps it between rounds.
 pub(super) struct Slot {
     pub(super) name: String,
@@ -48,10 +51,25 @@ pub(super) struct Slot {
 /// One record of the slot, turned into what the worker delivers.
 struct Decoded {
     event: Event,
-    /// The end of its transaction: the slot may move past it once it is acknowledged.
-    end_lsn: u64,
     /// Whether it is a row queued in the outbox (deleted once delivered).
     queued: bool,
+}
+
+/// What the slot's rows are to the worker, in order.
+enum Item {
+    Event(Decoded),
+    /// A transaction's end (or transactions with nothing to deliver): the slot may move here
+    /// once everything before it was acknowledged.
+    End(u64),
+}
+
+/// Where a round is in the slot's rows.
+#[derive(Default)]
+struct Reader {
+    /// The open transaction's id and commit time (from its `B` record).
+    transaction: Option<(i64, i64)>,
+    /// The end of the last transaction wholly acknowledged.
+    acked_through: Option<u64>,
 }
 
 /// What the slot says of itself.
@@ -96,15 +114,32 @@ impl Worker {
     /// from the WAL (their changes before the slot existed are nowhere else).
     pub(super) fn create_slot(&mut self) -> bool {
         let name = mode::slot_name(self.dboid);
+        if self.slot_attempt.is_some_and(|t| t.elapsed() < SLOT_RETRY) {
+            return false;
+        }
+        self.slot_attempt = Some(Instant::now());
+        // The catch-up below must run for this slot even if the worker stops right after
+        // making it: the row saying it ran goes first.
+        if in_transaction("forgetting the replication slot", || {
+            Spi::run("DELETE FROM redis.wal_slot").unwrap_or_report()
+        })
+        .is_none()
+        {
+            return false;
+        }
         if !slot_exists(&name) {
             // Read-only SPI: a mutable one assigns a transaction id, and PostgreSQL creates
             // logical slots only in transactions without one.
+            // It waits for every transaction that wrote to end: not for ever (a forgotten
+            // prepared transaction); tables stay captured by trigger until it succeeds.
             let made = try_in_transaction(|| {
-                read::one::<String>(
-                    "SELECT (pg_create_logical_replication_slot($1, 'pg_redis')).slot_name::text",
-                    &[name.clone().into()],
-                )
-                .unwrap_or_report()
+                guc::with_settings([(c"statement_timeout", c"10s")], || {
+                    read::one::<String>(
+                        "SELECT (pg_create_logical_replication_slot($1, 'pg_redis')).slot_name::text",
+                        &[name.clone().into()],
+                    )
+                    .unwrap_or_report()
+                })
             });
             if let Err(e) = made {
                 let msg = format!("cannot create replication slot {name}: {e}");
@@ -114,6 +149,7 @@ impl Worker {
             }
             log!("pg_redis: replication slot {name} created: changes are delivered from the WAL");
         }
+        self.slot_attempt = None;
         let slot = in_transaction("catching up with the new replication slot", || {
             let upto =
                 read::one::<i64>("SELECT coalesce(max(id), 0) FROM redis.outbox", &[]).unwrap_or_report().unwrap_or(0);
@@ -144,26 +180,40 @@ impl Worker {
         self.slot.is_some()
     }
 
-    /// One round of delivery from the slot.
+    /// One round of delivery from the slot. None: the round failed (or the extension is gone).
     pub(super) fn drain_slot_once(&mut self) -> Option<Drained> {
-        let left = self.backoff.remaining(Instant::now());
+        let now = Instant::now();
+        let left = self.backoff.remaining(now).max(self.slot_refused.remaining(now));
         if !left.is_zero() {
             return Some(Drained::Failed(left));
         }
         let Some(slot) = self.slot.as_ref() else {
-            return Some(if self.create_slot() { Drained::Some { full: true } } else { self.slot_failed() });
+            // No slot yet (or it cannot be made): tables are captured by trigger meanwhile, and
+            // the outbox is drained as without WAL capture.
+            if self.create_slot() {
+                return Some(Drained::Some { full: true });
+            }
+            return self.drain_outbox_once();
         };
         let name = slot.name.clone();
         if slot.outbox_upto > 0 {
             // Rows queued before the slot existed go first, from the outbox, in id order.
             return self.drain_outbox_before_slot();
         }
-        let health = in_transaction("reading the replication slot", || health(&name)).flatten();
-        let Some(health) = health else {
-            // Dropped by hand: make it again, and resync what it would have carried.
-            log!("pg_redis: replication slot {name} is gone; creating it again and resyncing tables captured from the WAL");
-            self.slot = None;
-            return Some(if self.create_slot() { Drained::Some { full: true } } else { self.slot_failed() });
+        let health = match try_in_transaction(|| health(&name)) {
+            Ok(Some(Some(h))) => h,
+            // The extension is gone: the caller finds out and stops.
+            Ok(None) => return None,
+            Ok(Some(None)) => {
+                // Dropped by hand: make it again, and resync what it would have carried.
+                log!("pg_redis: replication slot {name} is gone; creating it again and resyncing tables captured from the WAL");
+                self.slot = None;
+                return Some(if self.create_slot() { Drained::Some { full: true } } else { self.slot_failed() });
+            }
+            Err(msg) => {
+                log!("pg_redis: reading replication slot {name} failed: {msg}");
+                return Some(self.slot_failed());
+            }
         };
         if let Some(why) = health.invalidated {
             return Some(self.repair_invalidated(&name, &why));
@@ -174,26 +224,32 @@ impl Worker {
         }
         let limit = gucs::BATCH_SIZE.get() as i64;
         let this = AssertUnwindSafe(&mut *self);
+        let peeked = name.clone();
         let round = try_in_transaction(move || {
             let this = this;
-            this.0.deliver_from_slot(&name, limit)
+            this.0.deliver_from_slot(&peeked, limit)
         });
-        match round {
-            Ok((drained, Some(lsn))) if lsn > health.confirmed => {
-                let name = self.slot.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-                in_transaction("advancing the replication slot", || advance(&name, lsn));
-                self.forget_unused_mappings(lsn);
-                Some(drained)
+        let drained = match round {
+            Ok((drained, lsn)) => {
+                if let Some(lsn) = lsn.filter(|l| *l > health.confirmed) {
+                    let advanced = in_transaction("advancing the replication slot", || advance(&name, lsn)).is_some();
+                    if advanced {
+                        self.forget_unused_mappings(lsn);
+                    }
+                }
+                drained
             }
-            Ok((Drained::Empty, _)) if !mode::server_decodes_wal() => Some(self.leave_slot_if_unused()),
-            Ok((drained, _)) => Some(drained),
             Err(msg) => {
                 let msg = format!("delivering changes from replication slot failed: {msg}");
                 log!("pg_redis: {msg}");
                 registry::set_state(self.dboid, WorkerState::Backoff, Some(&msg));
-                None
+                return None;
             }
+        };
+        if matches!(drained, Drained::Empty | Drained::Some { full: false }) && !mode::server_decodes_wal() {
+            return Some(self.leave_slot_if_unused());
         }
+        Some(drained)
     }
 
     /// Moves every synced table to the capture the server's setting picks now (each in its own
@@ -214,8 +270,13 @@ impl Worker {
         })
         .unwrap_or_default();
         for t in tables {
+            // Its locks wait for the table's writers: briefly, and the table is tried again
+            // later, rather than delivery standing still behind a long transaction.
             let done = in_transaction("changing how a table is captured", || {
-                Spi::get_one_with_args::<String>("SELECT redis.recapture($1::regclass)", &[t.into()]).unwrap_or_report()
+                guc::with_settings([(c"lock_timeout", c"2s")], || {
+                    Spi::get_one_with_args::<String>("SELECT redis.recapture($1::regclass)", &[t.into()])
+                        .unwrap_or_report()
+                })
             });
             match done.flatten() {
                 Some(mode) => log!("pg_redis: table {} is captured by {mode}", t.to_u32()),
@@ -239,10 +300,23 @@ impl Worker {
         }
         let name = mode::slot_name(self.dboid);
         let dropped = in_transaction("dropping the replication slot", || {
-            Spi::run("DELETE FROM redis.wal_slot").unwrap_or_report();
-            drop_slot_named(&name);
+            // No sync_table may make a version captured from the WAL meanwhile (one that had
+            // not yet read the new setting): checked again under the catalog's lock.
+            Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
+            let wal =
+                Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM redis.mapping WHERE active AND capture = 'wal')")
+                    .unwrap_or_report()
+                    .unwrap_or(true);
+            if !wal {
+                Spi::run("DELETE FROM redis.wal_slot").unwrap_or_report();
+                drop_slot_named(&name);
+            }
+            !wal
         });
-        if dropped.is_some() {
+        if dropped == Some(false) {
+            self.recapture_due = true;
+        }
+        if dropped == Some(true) {
             log!("pg_redis: replication slot {name} dropped: changes are captured by trigger");
             self.slot = None;
             registry::set_decoding(self.dboid, false);
@@ -303,23 +377,89 @@ impl Worker {
         }
     }
 
-    /// Peeks the slot, applies what it holds in commit order, settles the outbox and the dead
-    /// letters; returns where the slot may move (the end of the last acknowledged transaction,
-    /// or the end of the WAL read when everything was).
-    fn deliver_from_slot(&mut self, name: &str, limit: i64) -> (Drained, Option<u64>) {
+    /// Peeks the slot and applies what it holds in commit order, in batches bounded by events
+    /// and bytes (a large transaction is read and applied in parts), settling the outbox and
+    /// the dead letters after each; returns where the slot may move: the end of the last
+    /// transaction wholly acknowledged, or the end of the WAL read when everything was.
+    fn deliver_from_slot(&mut self, name: &str, batch: i64) -> (Drained, Option<u64>) {
         let flushed = current_lsn("pg_current_wal_flush_lsn()");
-        let rows = peek(name, limit);
-        let full = rows.len() as i64 >= limit;
-        let mut decoded = self.decode_rows(rows);
-        if decoded.is_empty() {
-            return (Drained::Empty, (!full).then_some(flushed).flatten());
+        // Changes decoded per round (whole transactions: a larger one is read whole).
+        let limit = (batch * 10).min(i32::MAX as i64);
+        let max_bytes = gucs::batch_max_bytes();
+        let mut reader = Reader::default();
+        let mut rows_read = 0i64;
+        let mut failed = None;
+        guc::with_superuser_settings(QUIET, || {
+            Spi::connect(|client| {
+                let mut cursor = client.open_cursor(PEEK_SQL, &[name.into(), (limit as i32).into()]);
+                loop {
+                    let rows = fetch(&mut cursor, batch, max_bytes);
+                    if rows.is_empty() {
+                        break;
+                    }
+                    rows_read += rows.len() as i64;
+                    let items = self.decode_rows(rows, &mut reader);
+                    if let Err(d) = self.deliver_part(items, &mut reader) {
+                        failed = Some(d);
+                        break;
+                    }
+                }
+            })
+        });
+        let full = rows_read >= limit;
+        match failed {
+            Some(d) => (d, reader.acked_through),
+            None if rows_read == 0 => (Drained::Empty, flushed),
+            // Everything read was acknowledged: past transactions with nothing to deliver too.
+            None if !full => {
+                self.slot_refused.succeed();
+                (Drained::Some { full: false }, reader.acked_through.max(flushed))
+            }
+            None => (Drained::Some { full: true }, reader.acked_through),
+        }
+    }
+
+    /// Applies one part of a round; moves `reader.acked_through` past every transaction end
+    /// in it that Redis acknowledged everything before. Err: stop the round, with the wait.
+    fn deliver_part(&mut self, items: Vec<Item>, reader: &mut Reader) -> Result<(), Drained> {
+        let mut decoded: Vec<Decoded> = Vec::new();
+        // Per item: how many events precede it (for the transaction ends).
+        let mut ends: Vec<(usize, u64)> = Vec::new();
+        for item in items {
+            match item {
+                Item::Event(d) => decoded.push(d),
+                Item::End(lsn) => ends.push((decoded.len(), lsn)),
+            }
         }
         // A queued row whose outbox row is gone was delivered (before the slot existed, or in
-        // a round whose advance did not happen): skip it.
+        // a round whose advance did not happen): skip it. Positions shift: ends count kept ones.
         let queued: Vec<i64> = decoded.iter().filter(|d| d.queued).map(|d| d.event.id).collect();
         let present = outbox_rows_present(&queued);
-        decoded.retain(|d| !d.queued || present.contains(&d.event.id));
-        let last_end = decoded.last().map(|d| d.end_lsn);
+        let mut kept = Vec::with_capacity(decoded.len());
+        let mut kept_before = Vec::with_capacity(decoded.len() + 1);
+        for d in decoded {
+            kept_before.push(kept.len());
+            if !d.queued || present.contains(&d.event.id) {
+                kept.push(d);
+            }
+        }
+        kept_before.push(kept.len());
+        let ends: Vec<(usize, u64)> = ends.into_iter().map(|(i, lsn)| (kept_before[i], lsn)).collect();
+        let acked = if kept.is_empty() { 0 } else { self.apply_part(&kept)? };
+        for (before, lsn) in &ends {
+            if *before <= acked {
+                reader.acked_through = Some(*lsn);
+            }
+        }
+        if acked < kept.len() {
+            let (min, max) = (super::ms(gucs::RETRY_MIN_MS.get()), super::ms(gucs::RETRY_MAX_MS.get()));
+            return Err(Drained::Failed(self.slot_refused.fail(Instant::now(), min, max)));
+        }
+        Ok(())
+    }
+
+    /// Sends events to Redis and settles them; how many, from the first, were acknowledged.
+    fn apply_part(&mut self, decoded: &[Decoded]) -> Result<usize, Drained> {
         let events: Vec<Event> = decoded.iter().map(|d| d.event.clone()).collect();
         registry::set_state(self.dboid, WorkerState::Delivering, None);
         let planned = self.plan_all(&events);
@@ -334,37 +474,18 @@ impl Worker {
             .map_err(|e| redis_client::from_redis(&target, e)),
             Err(e) => Err(e),
         };
-        let outcomes = match sent {
-            Ok(o) => o,
+        match sent {
+            Ok(outcomes) => {
+                self.backoff.succeed();
+                Ok(self.settle_from_slot(decoded, status, outcomes))
+            }
             Err(e) => {
                 if let Some(c) = self.redis.take() {
                     c.abandon();
                 }
-                return (self.failed(&events, e), None);
+                Err(self.failed(&events, e))
             }
-        };
-        self.backoff.succeed();
-        let acked = self.settle_from_slot(&decoded, status, outcomes);
-        let lsn = match acked {
-            // Everything: the slot may move to the end of the WAL read, past transactions with
-            // nothing to deliver.
-            n if n == decoded.len() && !full => Some(last_end.unwrap_or(0).max(flushed.unwrap_or(0))),
-            n if n == decoded.len() => last_end,
-            // Up to the last transaction wholly acknowledged before the first change Redis did
-            // not take.
-            n => {
-                let stop = decoded.get(n).map(|d| d.end_lsn).unwrap_or(0);
-                decoded.iter().take(n).map(|d| d.end_lsn).filter(|l| *l < stop).max()
-            }
-        };
-        let drained = if acked < decoded.len() {
-            let (min, max) = (super::ms(gucs::RETRY_MIN_MS.get()), super::ms(gucs::RETRY_MAX_MS.get()));
-            Drained::Failed(self.slot_refused.fail(Instant::now(), min, max))
-        } else {
-            self.slot_refused.succeed();
-            Drained::Some { full }
-        };
-        (drained, lsn)
+        }
     }
 
     /// Settles a round: queued rows Redis applied are deleted, events that can never apply are
@@ -383,10 +504,13 @@ impl Worker {
         let mut delivered: HashMap<Scope, i64> = HashMap::new();
         let mut errors: HashMap<Scope, String> = HashMap::new();
         let mut acked = 0;
+        let mut stopped = false;
         for (d, p) in decoded.iter().zip(status) {
             let scope = self.scope_of(&d.event);
             let outcome = match p {
                 Ok(()) => outcomes.next().unwrap_or(Outcome::Refused("no reply".into())),
+                // Past the stop, all is decoded again (and parked then, if it must be).
+                Err(_) if stopped => continue,
                 Err(why) => {
                     errors.insert(scope, why.clone());
                     if d.queued {
@@ -399,6 +523,14 @@ impl Worker {
                 }
             };
             match outcome {
+                // Redis ran it although delivery stops before it: gone from the outbox, it is
+                // skipped when decoded again, so no queued command runs twice.
+                Outcome::Applied if stopped => {
+                    if d.queued {
+                        delete.push(d.event.id);
+                    }
+                }
+                _ if stopped => {}
                 Outcome::Applied => {
                     if d.queued {
                         delete.push(d.event.id);
@@ -414,13 +546,10 @@ impl Worker {
                 }
                 Outcome::NotRun(why) | Outcome::Refused(why) => {
                     errors.entry(scope).or_insert_with(|| format!("Redis did not apply the change: {why}"));
-                    break;
+                    stopped = true;
                 }
             }
         }
-        // Events after the first one Redis did not take were possibly applied; they are
-        // delivered again in order (queued rows stay in the outbox until then).
-        delete.retain(|id| decoded.iter().take(acked).any(|d| d.queued && d.event.id == *id));
         if !delete.is_empty() {
             Spi::run_with_args("DELETE FROM redis.outbox WHERE id = ANY($1)", &[delete.into()]).unwrap_or_report();
         }
@@ -439,48 +568,37 @@ impl Worker {
         acked
     }
 
-    /// The slot's rows as events, each with the end of its transaction.
-    fn decode_rows(&mut self, rows: Vec<(u64, String)>) -> Vec<Decoded> {
-        let mut out: Vec<Decoded> = Vec::new();
-        let mut open = 0usize;
+    /// The slot's rows as events and transaction ends, in order.
+    fn decode_rows(&mut self, rows: Vec<(u64, String)>, reader: &mut Reader) -> Vec<Item> {
+        let mut out = Vec::with_capacity(rows.len());
         for (lsn, text) in rows {
             let record = match WalRecord::parse(&text) {
                 Ok(r) => r,
                 Err(e) => error!("pg_redis: replication slot record at {} cannot be read: {e}", lsn_text(lsn)),
             };
+            let (tx_id, commit_ms) = reader.transaction.unwrap_or((0, 0));
+            let decoded = |event: Event| {
+                Item::Event(Decoded { event: Event { tx_id, captured_ms: commit_ms, ..event }, queued: false })
+            };
             match record {
-                WalRecord::Commit { xid, commit_ms } => {
-                    for d in out.iter_mut().skip(open) {
-                        d.end_lsn = lsn;
-                        if !d.queued {
-                            d.event.tx_id = xid;
-                            d.event.captured_ms = commit_ms;
-                        }
-                    }
-                    open = out.len();
+                WalRecord::Begin { xid, commit_ms } => reader.transaction = Some((xid, commit_ms)),
+                WalRecord::Commit { .. } => {
+                    reader.transaction = None;
+                    out.push(Item::End(lsn));
                 }
-                WalRecord::Keepalive => {}
-                WalRecord::Queued(q) => out.push(Decoded { event: queued_event(q), end_lsn: 0, queued: true }),
-                WalRecord::Change { mapping_id, op, before, after } => {
-                    let event = match op {
-                        WalOp::Outbox(op) => decoded_event(lsn, mapping_id, op, before, after),
-                        WalOp::Refetch => self.refetch(lsn, mapping_id, before, after),
-                    };
-                    out.push(Decoded { event, end_lsn: 0, queued: false });
-                }
+                WalRecord::Keepalive => out.push(Item::End(lsn)),
+                WalRecord::Queued(q) => out.push(Item::Event(Decoded { event: queued_event(q), queued: true })),
+                WalRecord::Change { mapping_id, op, before, after } => out.push(decoded(match op {
+                    WalOp::Outbox(op) => decoded_event(lsn, mapping_id, op, before, after),
+                    WalOp::Refetch => self.refetch(lsn, mapping_id, before, after),
+                })),
                 WalRecord::Undecodable { mapping_id, reason } => {
                     // Parked with the reason; a resync repairs the key once the cause is fixed.
                     let event = decoded_event(lsn, mapping_id, OutboxOp::Row(Op::Update), None, None);
-                    out.push(Decoded {
-                        event: Event { kind: Kind::Unknown('?'), command: Some(vec![reason]), ..event },
-                        end_lsn: 0,
-                        queued: false,
-                    });
+                    out.push(decoded(Event { kind: Kind::Unknown('?'), command: Some(vec![reason]), ..event }));
                 }
             }
         }
-        // A transaction is written whole with its commit: nothing is left open.
-        out.truncate(open);
         out
     }
 
@@ -564,39 +682,52 @@ fn slot_is_there(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The slot's confirmed position and whether PostgreSQL invalidated it (None: no such slot).
-fn health(name: &str) -> Option<Health> {
+/// The slot's confirmed position and whether PostgreSQL invalidated it: Some(None) when there
+/// is no such slot, None when the extension itself is gone (its worker must stop).
+fn health(name: &str) -> Option<Option<Health>> {
+    let installed = read::one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_redis')", &[])
+        .unwrap_or_report()
+        .unwrap_or(false);
+    if !installed {
+        return None;
+    }
     // wal_status 'lost' on every version; PostgreSQL 17 and later also name the reason.
-    let row = read::two::<String, String>(
+    let (lsn, invalidated) = read::two::<String, String>(
         "SELECT coalesce(confirmed_flush_lsn, '0/0')::text, CASE WHEN wal_status = 'lost' THEN 'WAL removed' END \
            FROM pg_replication_slots WHERE slot_name = $1",
         &[name.into()],
-    );
-    match row {
-        Ok((Some(lsn), invalidated)) => Some(Health { confirmed: parse_lsn(&lsn).unwrap_or(0), invalidated }),
-        _ => None,
-    }
+    )
+    .unwrap_or_report();
+    Some(lsn.map(|lsn| Health { confirmed: parse_lsn(&lsn).unwrap_or(0), invalidated }))
 }
 
-/// The slot's next rows (`lsn`, text), at least `limit` unless the WAL ends first (whole
-/// transactions are returned). The settings decoding needs are set for the call: the plugin
-/// library allowed, and no LOG line per call.
-fn peek(name: &str, limit: i64) -> Vec<(u64, String)> {
-    guc::with_superuser_settings(QUIET, || {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2::int4)",
-                None,
-                &[name.into(), (limit.min(i32::MAX as i64) as i32).into()],
-            )
-            .unwrap_or_report()
-            .filter_map(|r| {
-                let lsn = r.get::<String>(1).ok().flatten().and_then(|l| parse_lsn(&l))?;
-                Some((lsn, r.get::<String>(2).ok().flatten()?))
-            })
-            .collect()
-        })
-    })
+/// The slot's next changes, at least `$2` unless the WAL ends first (whole transactions), read
+/// through a cursor: decoding spills what it holds past `work_mem` to disk, and the worker
+/// holds one batch at a time.
+const PEEK_SQL: &str = "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2::int4)";
+
+/// The cursor's next rows: at most `limit`, and about `max_bytes` of text (at least one row).
+fn fetch(cursor: &mut spi::SpiCursor<'_>, limit: i64, max_bytes: usize) -> Vec<(u64, String)> {
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut step = 16i64;
+    while (rows.len() as i64) < limit && bytes < max_bytes {
+        let table = cursor.fetch(step.min(limit - rows.len() as i64)).unwrap_or_report();
+        if table.is_empty() {
+            break;
+        }
+        for r in table {
+            let lsn = r.get::<String>(1).ok().flatten().and_then(|l| parse_lsn(&l));
+            let text = r.get::<String>(2).ok().flatten();
+            if let (Some(lsn), Some(text)) = (lsn, text) {
+                bytes += text.len();
+                rows.push((lsn, text));
+            }
+        }
+        let average = bytes / rows.len().max(1);
+        step = (max_bytes.saturating_sub(bytes) / average.max(1)).clamp(1, 256) as i64;
+    }
+    rows
 }
 
 /// Decoding logs a line each time it starts: every round would. (LOG ranks above ERROR in the

@@ -4,13 +4,17 @@
 //! old row in the change streams, a key that changed always seen, and a value stored out of
 //! line that an UPDATE kept read from the old row instead of from the table.
 
+use crate::api::privileges::as_extension_owner_pinned;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
 /// Sets REPLICA IDENTITY FULL on the tables of `rel`'s tree that lack it, saying so.
 pub(crate) fn require_full_identity(rel: pg_sys::Oid, display: &str) {
-    let lacking: Vec<(pg_sys::Oid, String)> = Spi::connect(|c| {
-        c.select(
+    // Listed as the extension's owner (the caller may not run redis.* functions), under the
+    // catalog's search path; altered as the caller, who must own each table.
+    let lacking: Vec<(pg_sys::Oid, String)> = as_extension_owner_pinned(|| {
+        Spi::connect(|c| {
+            c.select(
             "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
                FROM redis._partition_tree($1) p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
               WHERE c.relkind = 'r' AND c.relreplident <> 'f' ORDER BY p.level, c.oid",
@@ -20,6 +24,7 @@ pub(crate) fn require_full_identity(rel: pg_sys::Oid, display: &str) {
         .unwrap_or_report()
         .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
         .collect()
+        })
     });
     if lacking.is_empty() {
         return;

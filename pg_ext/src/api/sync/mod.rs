@@ -202,6 +202,7 @@ fn resync(tbl: PgRelation) -> i64 {
 #[pg_extern(volatile, parallel_unsafe)]
 fn recapture(tbl: PgRelation) -> String {
     require_preloaded();
+    require_read_committed("redis.recapture()");
     let slot_ready = mode::slot_ready();
     let table = Table::check(&tbl);
     let capture = mode::for_new_mapping(&table.display, slot_ready);

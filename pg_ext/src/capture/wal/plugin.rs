@@ -33,6 +33,8 @@ struct Session {
     /// Mappings whose keys the transaction being decoded asks to sweep: one sweep each, at its
     /// end, however many rows asked (a sweep scans every key of the table).
     sweeps: BTreeSet<i64>,
+    /// The transaction being decoded, written before its first record (if it has any).
+    opening: Option<WalRecord>,
 }
 
 thread_local! {
@@ -103,15 +105,20 @@ unsafe extern "C-unwind" fn startup(
             wrote: false,
             last_record: Instant::now(),
             sweeps: BTreeSet::new(),
+            opening: None,
         }));
     }
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn begin(_ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
+unsafe extern "C-unwind" fn begin(_ctx: *mut pg_sys::LogicalDecodingContext, txn: *mut pg_sys::ReorderBufferTXN) {
+    // SAFETY: PostgreSQL's live transaction; its commit time is set before it is replayed.
+    let (xid, commit_time) = unsafe { ((*txn).xid, (*txn).xact_time.commit_time) };
+    let opening = WalRecord::Begin { xid: decode::full_transaction_id(xid), commit_ms: decode::unix_ms(commit_time) };
     with_session(|s| {
         s.wrote = false;
         s.sweeps.clear();
+        s.opening = Some(opening);
     });
 }
 
@@ -265,6 +272,21 @@ fn with_session<R>(f: impl FnOnce(&mut Session) -> R) -> R {
 /// # Safety
 /// `ctx` is the live decoding context of a callback that may write.
 unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, record: &WalRecord) {
+    if !matches!(record, WalRecord::Commit { .. } | WalRecord::Keepalive) {
+        if let Some(opening) = with_session(|s| s.opening.take()) {
+            // SAFETY: as for this call.
+            unsafe { write_one(ctx, &opening) };
+        }
+    }
+    // SAFETY: as for this call.
+    unsafe { write_one(ctx, record) };
+}
+
+/// Writes `record` alone.
+///
+/// # Safety
+/// As for [`write`].
+unsafe fn write_one(ctx: *mut pg_sys::LogicalDecodingContext, record: &WalRecord) {
     let text = record.encode();
     // SAFETY: see the function's contract; `out` is the context's output buffer.
     unsafe {
