@@ -280,7 +280,11 @@ fn a_template_copy_leaves_the_original_keys_alone() {
     let get = |r: &mut redis::Connection, k: &str| redis::cmd("GET").arg(k).query::<Option<String>>(r).unwrap();
     assert_eq!(get(&mut redis, "t:1").as_deref(), Some(r#"{"v":"queued","id":1}"#));
     assert_eq!(get(&mut redis, "t:100"), None);
-    assert!(count(&mut copy, "SELECT count(*) FROM redis.outbox") > 0, "the copy keeps its outbox");
+    if count(&mut copy, "SELECT count(*) FROM redis.mapping WHERE active AND capture = 'wal'") == 0 {
+        assert!(count(&mut copy, "SELECT count(*) FROM redis.outbox") > 0, "the copy keeps its outbox");
+    }
+    // Captured from the WAL, the copy's changes wait in its WAL: the copy has no slot until its
+    // worker delivers (a slot is not copied), and makes one then, resyncing every table.
     // Adopted, pointed at its own Redis database: the copy delivers there, in full.
     let e = copy.batch_execute("SET ROLE pg_monitor; SELECT redis.adopt_copy()").unwrap_err();
     assert!(e.as_db_error().is_some_and(|d| d.code().code() == "42501"), "{e}");

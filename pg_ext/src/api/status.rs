@@ -98,28 +98,42 @@ fn slot_reaches(deadline: Instant) -> Option<bool> {
     // SAFETY: reading this backend's database id.
     let dboid = unsafe { pg_sys::MyDatabaseId };
     let name = crate::capture::mode::slot_name(dboid);
-    // SAFETY: reading the recovery state and the insert position, as pg_current_wal_insert_lsn()
-    // does; flushing up to it, as a commit does.
-    let target = unsafe {
-        if pg_sys::RecoveryInProgress() {
-            return Some(false);
-        }
-        let target = record_end(pg_sys::GetXLogInsertRecPtr());
-        // Decoding reads flushed WAL only: a commit made with synchronous_commit = off, or
-        // records after the last commit, may sit unflushed for a long time on a quiet server.
-        pg_sys::XLogFlush(target);
-        target
-    };
+    // SAFETY: reading the recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Some(false);
+    }
+    let mut target = flushed_insert_position();
+    let mut caught_up = true;
     let mut pause = Duration::from_micros(500);
     loop {
-        let confirmed = crate::pg::read::one::<String>(
-            "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[name.clone().into()],
-        );
-        let confirmed = match confirmed {
-            Ok(Some(l)) => crate::worker::parse_lsn(&l).unwrap_or(0),
-            // No slot: capture by trigger, the outbox tells.
-            Ok(None) => return Some(false),
+        // The slot, and whether the worker caught up with it (its row in redis.wal_slot).
+        let row = crate::pg::xact::on_latest_snapshot(|| {
+            crate::pg::read::two::<String, bool>(
+                "SELECT coalesce(r.confirmed_flush_lsn, '0/0')::text, w.slot_name IS NOT NULL \
+                   FROM pg_replication_slots r LEFT JOIN redis.wal_slot w ON w.slot_name = r.slot_name \
+                  WHERE r.slot_name = $1",
+                &[name.clone().into()],
+            )
+        });
+        let confirmed = match row {
+            Ok((Some(l), Some(true))) => {
+                if !caught_up {
+                    // The worker caught up during the wait: the resync it queued for changes
+                    // the slot could not decode is before the position now.
+                    target = target.max(flushed_insert_position());
+                    caught_up = true;
+                }
+                crate::worker::parse_lsn(&l).unwrap_or(0)
+            }
+            // No slot and no table captured from the WAL: the outbox tells.
+            Ok((None, _)) if !wal_tables() => return Some(false),
+            // Tables captured from the WAL but no slot yet, or one not caught up with (a copied
+            // database, a slot dropped by hand, made a moment ago): their changes reach Redis
+            // once the worker made it and resynced them.
+            Ok(_) => {
+                caught_up = false;
+                0
+            }
             Err(e) => cannot_read("pg_replication_slots", e),
         };
         if confirmed >= target {
@@ -134,6 +148,31 @@ fn slot_reaches(deadline: Instant) -> Option<bool> {
         sleep_interruptibly(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// The WAL's insert position (as a record's end), flushed: decoding reads flushed WAL only, and
+/// a commit made with synchronous_commit = off, or records after the last commit, may sit
+/// unflushed for a long time on a quiet server.
+fn flushed_insert_position() -> u64 {
+    // SAFETY: reading the insert position, as pg_current_wal_insert_lsn() does; flushing up to
+    // it, as a commit does.
+    unsafe {
+        let target = record_end(pg_sys::GetXLogInsertRecPtr());
+        pg_sys::XLogFlush(target);
+        target
+    }
+}
+
+/// Whether a table of this database is captured from the WAL (the catalog as of now).
+fn wal_tables() -> bool {
+    crate::pg::xact::on_latest_snapshot(|| {
+        crate::pg::read::one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM redis.mapping WHERE active AND capture = 'wal')",
+            &[],
+        )
+    })
+    .unwrap_or_else(|e| cannot_read("redis.mapping", e))
+    .unwrap_or(false)
 }
 
 /// The insert position as a record's end reads: at the start of a page the position points past
