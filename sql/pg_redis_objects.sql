@@ -20,6 +20,9 @@ CREATE TABLE redis.mapping (
     -- How the table's changes are captured: 'wal' (decoded from the write-ahead log by the
     -- output plugin, no trigger) or 'trigger' (the capture trigger queues them in the outbox).
     capture       text NOT NULL DEFAULT 'trigger' CHECK (capture IN ('trigger', 'wal')),
+    -- What the table's owner asked for (sync_table's capture argument); NULL: what the server's
+    -- pg_redis.capture picks. The worker moves the table when the two differ.
+    capture_requested text CHECK (capture_requested IN ('trigger', 'wal')),
     active        boolean NOT NULL DEFAULT true,
     created_at    timestamptz NOT NULL DEFAULT now()
 ) WITH (

@@ -102,6 +102,18 @@ fn wal_capture_delivers_committed_changes_in_commit_order_without_triggers() {
     env.sql("INSERT INTO u VALUES (3); DELETE FROM u WHERE id = 1");
     env.wait_synced();
     env.assert_consistent("u");
+    // A table whose owner asks for the trigger keeps it (the worker leaves it so).
+    env.sql("CREATE TABLE pinned (id int PRIMARY KEY)");
+    env.sql("SELECT redis.sync_table('pinned', capture => 'trigger')");
+    env.sql("INSERT INTO pinned VALUES (1)");
+    let (state, msg) = env.sql_error("SELECT redis.sync_table('pinned', capture => 'both')");
+    assert_eq!(state, "22023", "{msg}");
+    assert!(msg.contains("'wal', 'trigger' or NULL"), "{msg}");
+    env.wait_synced();
+    env.assert_consistent("pinned");
+    let capture: String =
+        one(&mut env, "SELECT capture FROM redis.mapping WHERE active AND table_name = 'pinned'::regclass");
+    assert_eq!(capture, "trigger");
     // TRUNCATE empties the table's keys.
     env.sql("TRUNCATE t");
     env.wait_synced();

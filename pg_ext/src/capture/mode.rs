@@ -36,31 +36,70 @@ pub fn server_decodes_wal() -> bool {
     CAPTURE.get() != CaptureSetting::Trigger && wal_is_logical()
 }
 
-/// The capture of a mapping version made now for `table` (as messages name it): an ERROR when
-/// WAL capture is demanded but impossible; a NOTICE when the server falls back to the trigger.
-/// `slot_ready`: the worker's slot exists (see [`slot_ready`]); until it does, a table is
-/// captured by trigger, and the worker moves it to WAL capture once the slot is there (in one
-/// commit, nothing captured twice or lost).
-pub fn for_new_mapping(table: &str, slot_ready: bool) -> Capture {
-    match CAPTURE.get() {
-        CaptureSetting::Trigger => Capture::Trigger,
-        _ if wal_is_logical() && slot_ready => Capture::Wal,
-        _ if wal_is_logical() => {
+/// The capture of a mapping version made now for `table` (as messages name it), given what
+/// its owner asked (`requested`, None: what the server's setting picks). `pg_redis.capture =
+/// trigger` wins over a table's wish (it is how the server leaves WAL capture). An ERROR when
+/// WAL capture is demanded but wal_level is too low; a NOTICE when the server falls back to
+/// the trigger. `slot_ready`: the worker's slot exists (see [`slot_ready`]); until it does, a
+/// table is captured by trigger, and the worker moves it to WAL capture once the slot is there
+/// (in one commit, nothing captured twice or lost).
+pub fn for_new_mapping(table: &str, slot_ready: bool, requested: Option<Capture>) -> Capture {
+    let setting = CAPTURE.get();
+    let wants_wal = match (setting, requested) {
+        (CaptureSetting::Trigger, _) | (_, Some(Capture::Trigger)) => false,
+        (CaptureSetting::Wal, _) | (_, Some(Capture::Wal)) => {
+            if !wal_is_logical() {
+                crate::errors::raise(pg_redis_shared::Error::WalCaptureUnavailable {
+                    table: table.to_owned(),
+                    wal_level: wal_level_name(),
+                });
+            }
+            true
+        }
+        (CaptureSetting::Auto, None) => {
+            if !wal_is_logical() {
+                notice!(
+                    "pg_redis: changes of {table} are captured by a trigger (wal_level is '{}'); with wal_level = logical they are decoded from the WAL at a fraction of the writers' cost",
+                    wal_level_name()
+                );
+            }
+            wal_is_logical()
+        }
+    };
+    match wants_wal {
+        false => Capture::Trigger,
+        true if slot_ready => Capture::Wal,
+        true => {
             notice!(
                 "pg_redis: changes of {table} are captured by a trigger until the delivery worker has made its replication slot; it then moves the table to WAL capture"
             );
             Capture::Trigger
         }
-        CaptureSetting::Wal => crate::errors::raise(pg_redis_shared::Error::WalCaptureUnavailable {
-            table: table.to_owned(),
-            wal_level: wal_level_name(),
-        }),
-        CaptureSetting::Auto => {
-            notice!(
-                "pg_redis: changes of {table} are captured by a trigger (wal_level is '{}'); with wal_level = logical they are decoded from the WAL at a fraction of the writers' cost",
-                wal_level_name()
-            );
-            Capture::Trigger
+    }
+}
+
+/// The capture a table should have now, for the worker (no messages, no errors): the server's
+/// setting, or the table's own wish where the server allows it.
+pub fn desired(requested: Option<Capture>) -> Capture {
+    match (CAPTURE.get(), requested) {
+        (CaptureSetting::Trigger, _) => Capture::Trigger,
+        _ if !wal_is_logical() => Capture::Trigger,
+        (_, Some(c)) => c,
+        _ => Capture::Wal,
+    }
+}
+
+impl std::str::FromStr for Capture {
+    type Err = pg_redis_shared::Error;
+    fn from_str(s: &str) -> Result<Capture, Self::Err> {
+        match s {
+            "wal" => Ok(Capture::Wal),
+            "trigger" => Ok(Capture::Trigger),
+            other => Err(pg_redis_shared::Error::invalid_value(
+                "capture",
+                format!("'{other}'"),
+                "it must be 'wal', 'trigger' or NULL (what pg_redis.capture picks)",
+            )),
         }
     }
 }

@@ -17,7 +17,7 @@
 //! is the one of its nearest synced ancestor.
 
 use crate::api::privileges::{as_extension_owner_pinned, with_catalog_search_path};
-use crate::api::sync::{capture_of, drop_triggers_in_tree, install_truncate_triggers, require_full_identity};
+use crate::api::sync::{capture_of, drop_triggers_in_tree, install_truncate_triggers, require_identity};
 use crate::capture::mode::Capture;
 use crate::capture::wake;
 use crate::ddl::RelName;
@@ -101,7 +101,7 @@ pub fn after_add(partition: &RelName, backfill: bool) {
     });
     if capture == Capture::Wal {
         // As the user running the DDL, who owns the partition.
-        require_full_identity(rel, &partition.display());
+        require_identity(rel, &partition.display(), mapping_id);
     }
     if backfill {
         queue_tree(rel, mapping_id, Op::Read);

@@ -255,16 +255,20 @@ impl Worker {
     /// Moves every synced table to the capture the server's setting picks now (each in its own
     /// transaction: a table whose conversion fails keeps its capture and is retried later).
     pub(super) fn recapture_tables(&mut self) {
-        let want = if mode::server_decodes_wal() { "wal" } else { "trigger" };
         let tables = in_transaction("listing tables to recapture", || {
             Spi::connect(|c| {
                 c.select(
-                    "SELECT table_name::oid FROM redis.mapping WHERE active AND capture <> $1 ORDER BY id",
+                    "SELECT table_name::oid, capture, capture_requested FROM redis.mapping WHERE active ORDER BY id",
                     None,
-                    &[want.into()],
+                    &[],
                 )
                 .unwrap_or_report()
-                .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
+                .filter_map(|r| {
+                    let oid = r.get::<pg_sys::Oid>(1).ok().flatten()?;
+                    let now: mode::Capture = r.get::<String>(2).ok().flatten()?.parse().ok()?;
+                    let requested = r.get::<String>(3).ok().flatten().and_then(|c| c.parse().ok());
+                    (mode::desired(requested) != now).then_some(oid)
+                })
                 .collect::<Vec<_>>()
             })
         })

@@ -1,15 +1,39 @@
-//! The replica identity a table captured from the WAL needs: FULL, on every leaf (the setting
-//! does not pass from a partitioned table to its partitions). Then the WAL carries the whole
-//! old row of every UPDATE and DELETE, so decoding yields the same events as the trigger: the
-//! old row in the change streams, a key that changed always seen, and a value stored out of
-//! line that an UPDATE kept read from the old row instead of from the table.
+//! The replica identity a table captured from the WAL needs, on every leaf (the setting does
+//! not pass from a partitioned table to its partitions):
+//! - with a change stream or a channel, FULL: the WAL then carries the whole old row of every
+//!   UPDATE and DELETE, so the events are the trigger's (the old row in `before`), and a value
+//!   stored out of line that an UPDATE kept is read from the old row;
+//! - otherwise an identity that holds the key columns is enough (a key that changed is always
+//!   seen); the default one, the primary key, usually does, and writers then log less.
 
 use crate::api::privileges::as_extension_owner_pinned;
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 
-/// Sets REPLICA IDENTITY FULL on the tables of `rel`'s tree that lack it, saying so.
-pub(crate) fn require_full_identity(rel: pg_sys::Oid, display: &str) {
+/// Sets REPLICA IDENTITY FULL on the tables of `mapping_id`'s tree (`rel`) whose identity
+/// does not give what the mapping needs, saying so.
+pub(crate) fn require_identity(rel: pg_sys::Oid, display: &str, mapping_id: i64) {
+    let (key_columns, old_rows) = as_extension_owner_pinned(|| {
+        let keys = Spi::get_one_with_args::<Vec<String>>(
+            "SELECT key_columns FROM redis.mapping WHERE id = $1",
+            &[mapping_id.into()],
+        )
+        .unwrap_or_report()
+        .unwrap_or_default();
+        let old_rows = Spi::get_one_with_args::<bool>(
+            "SELECT stream_key IS NOT NULL OR channel IS NOT NULL FROM redis.mapping WHERE id = $1",
+            &[mapping_id.into()],
+        )
+        .unwrap_or_report()
+        .unwrap_or(true);
+        (keys, old_rows)
+    });
+    require_full_identity(rel, display, (!old_rows).then_some(key_columns.as_slice()));
+}
+
+/// Sets REPLICA IDENTITY FULL on the tables of `rel`'s tree that lack it (with `key_columns`:
+/// only on those whose identity does not hold them all), saying so.
+fn require_full_identity(rel: pg_sys::Oid, display: &str, key_columns: Option<&[String]>) {
     // Listed as the extension's owner (the caller may not run redis.* functions), under the
     // catalog's search path; altered as the caller, who must own each table.
     let lacking: Vec<(pg_sys::Oid, String)> = as_extension_owner_pinned(|| {
@@ -17,9 +41,15 @@ pub(crate) fn require_full_identity(rel: pg_sys::Oid, display: &str) {
             c.select(
             "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
                FROM redis._partition_tree($1) p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
-              WHERE c.relkind = 'r' AND c.relreplident <> 'f' ORDER BY p.level, c.oid",
+              WHERE c.relkind = 'r' AND c.relreplident <> 'f' \
+                AND NOT ($2 AND EXISTS (SELECT 1 FROM pg_index i \
+                     WHERE i.indrelid = c.oid \
+                       AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END \
+                       AND (SELECT array_agg(a.attname::text) FROM pg_attribute a \
+                             WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey)) @> $3::text[])) \
+              ORDER BY p.level, c.oid",
             None,
-            &[rel.into()],
+            &[rel.into(), key_columns.is_some().into(), key_columns.unwrap_or_default().to_vec().into()],
         )
         .unwrap_or_report()
         .filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
@@ -33,8 +63,13 @@ pub(crate) fn require_full_identity(rel: pg_sys::Oid, display: &str) {
         set_full(*oid);
     }
     let names: Vec<&str> = lacking.iter().map(|l| l.1.as_str()).collect();
+    let why = if key_columns.is_some() {
+        "their replica identity does not hold the key columns"
+    } else {
+        "the change stream or channel carries old rows"
+    };
     notice!(
-        "pg_redis: REPLICA IDENTITY FULL set on {} so that changes of {display} decode with their old rows",
+        "pg_redis: REPLICA IDENTITY FULL set on {} so that changes of {display} decode from the WAL ({why})",
         names.join(", ")
     );
 }

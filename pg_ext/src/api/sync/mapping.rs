@@ -15,11 +15,11 @@ pub(super) fn current_database() -> String {
     Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
 }
 
-pub(super) fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid, capture: Capture) -> i64 {
+pub(super) fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid, capture: Capture, requested: Option<Capture>) -> i64 {
     let key_columns: Vec<String> = m.key.columns().map(str::to_owned).collect();
     Spi::get_one_with_args::<i64>(
-        "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, capture) \
-         VALUES ($1::oid::regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, capture, capture_requested) \
+         VALUES ($1::oid::regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         &[
             oid.into(),
             m.schema.clone().into(),
@@ -33,6 +33,7 @@ pub(super) fn insert_mapping(m: &TableMapping, oid: pg_sys::Oid, capture: Captur
             m.stream_key.clone().into(),
             m.channel.clone().into(),
             capture.as_str().into(),
+            requested.map(Capture::as_str).into(),
         ],
     )
     .unwrap_or_report()

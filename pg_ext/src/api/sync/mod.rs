@@ -20,7 +20,7 @@ mod triggers;
 
 // The DDL hook (`crate::ddl`) reaches these through `api::sync`.
 pub(crate) use backfill::queue_leaf;
-pub(crate) use identity::require_full_identity;
+pub(crate) use identity::require_identity;
 pub(crate) use mapping::capture_of;
 pub(crate) use rename::follow_column_rename;
 pub(crate) use triggers::{drop_triggers_in_tree, install_truncate_triggers};
@@ -57,6 +57,7 @@ fn sync_table(
     stream: default!(Option<bool>, "true"),
     channel: default!(Option<&str>, "NULL"),
     backfill: default!(Option<bool>, "true"),
+    capture: default!(Option<&str>, "NULL"),
 ) -> i64 {
     require_preloaded();
     require_read_committed("redis.sync_table()");
@@ -104,7 +105,8 @@ fn sync_table(
             raise(Error::invalid_value("channel", "''", "name a channel, or pass NULL for no PUBLISH"));
         }
     }
-    let capture = mode::for_new_mapping(&table.display, slot_ready);
+    let requested: Option<Capture> = capture.map(|c| c.parse().or_raise());
+    let capture = mode::for_new_mapping(&table.display, slot_ready, requested);
     let database = current_database();
     let stream_key = stream.unwrap_or(true).then(|| default_stream_key(&database, &table.schema, &table.name));
     let mapping = TableMapping {
@@ -133,7 +135,7 @@ fn sync_table(
             &[table.oid.into()],
         )
         .unwrap_or_report();
-        let id = insert_mapping(&mapping, table.oid, capture);
+        let id = insert_mapping(&mapping, table.oid, capture, requested);
         if let Ok((Some(old_id), Some(ref old_template))) = previous {
             if old_template.as_str() != mapping.key.as_str() {
                 // Keys of the old template would linger: delete them first, in order.
@@ -151,7 +153,7 @@ fn sync_table(
         (id, previous)
     });
     if capture == Capture::Wal {
-        require_full_identity(table.oid, &table.display);
+        require_identity(table.oid, &table.display, id);
     }
     let queued = if backfill.unwrap_or(true) { queue_rows(&table, id) } else { 0 };
     if let Ok((Some(_), _)) = previous {
@@ -194,8 +196,8 @@ fn resync(tbl: PgRelation) -> i64 {
     n
 }
 
-/// Captures the table's changes the way the server's setting picks now (`pg_redis.capture`,
-/// `wal_level`): a new mapping version, identical but for its capture, made in one commit with
+/// Captures the table's changes the way the server's setting (`pg_redis.capture`, `wal_level`)
+/// and the table's own wish (sync_table's `capture`) pick now: a new mapping version, identical but for its capture, made in one commit with
 /// the triggers created or dropped, so every change is captured once, before or after it.
 /// Returns the capture in force ('wal' or 'trigger'). The worker calls it for every table once
 /// it decodes the WAL; call it after lowering capture to 'trigger'.
@@ -205,18 +207,19 @@ fn recapture(tbl: PgRelation) -> String {
     require_read_committed("redis.recapture()");
     let slot_ready = mode::slot_ready();
     let table = Table::check(&tbl);
-    let capture = mode::for_new_mapping(&table.display, slot_ready);
+    let requested = as_extension_owner_pinned(|| requested_capture(&table));
+    let capture = mode::for_new_mapping(&table.display, slot_ready, requested);
     lock(&table);
     let changed = as_extension_owner_pinned(|| {
         Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
         let id = active_mapping_id(&table);
         if capture_of(id) == capture {
-            return false;
+            return None;
         }
         Spi::run_with_args("UPDATE redis.mapping SET active = false WHERE id = $1", &[id.into()]).unwrap_or_report();
         let new_id = Spi::get_one_with_args::<i64>(
-            "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, capture) \
-             SELECT table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, $2 \
+            "INSERT INTO redis.mapping (table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, capture, capture_requested) \
+             SELECT table_name, schema_name, rel_name, key_template, key_columns, key_types, format, ttl, columns, stream_key, channel, $2, capture_requested \
                FROM redis.mapping WHERE id = $1 RETURNING id",
             &[id.into(), capture.as_str().into()],
         )
@@ -227,11 +230,11 @@ fn recapture(tbl: PgRelation) -> String {
             Capture::Trigger => install_triggers(&table, new_id),
         }
         queue_mappings_changed(&current_database(), new_id);
-        true
+        Some(new_id)
     });
-    if changed {
+    if let Some(new_id) = changed {
         if capture == Capture::Wal {
-            require_full_identity(table.oid, &table.display);
+            require_identity(table.oid, &table.display, new_id);
         }
         notice!(
             "pg_redis: changes of {} are now captured {}",
@@ -244,6 +247,15 @@ fn recapture(tbl: PgRelation) -> String {
         wake::after_commit();
     }
     capture.as_str().to_owned()
+}
+
+/// The capture the table's owner asked for at sync_table, if any.
+fn requested_capture(t: &Table) -> Option<Capture> {
+    let id = active_mapping_id(t);
+    Spi::get_one_with_args::<String>("SELECT capture_requested FROM redis.mapping WHERE id = $1", &[id.into()])
+        .ok()
+        .flatten()
+        .and_then(|c| c.parse().ok())
 }
 
 fn lock(t: &Table) {
