@@ -69,6 +69,11 @@ for v in ${PG_VERSIONS:-15 18}; do
 
   step "PostgreSQL $v: end-to-end tests against real PostgreSQL and redis-server"
   PG=$v PG_CONFIG=$(pg_config_of "$v") cargo test --release --no-fail-fast -p pg_redis_tests -- --test-threads=2
+
+  step "PostgreSQL $v: the sync tests again under WAL capture (wal_level = logical)"
+  PG_REDIS_CAPTURE=wal PG=$v PG_CONFIG=$(pg_config_of "$v") cargo test --release --no-fail-fast -p pg_redis_tests \
+    --test sync --test consistency --test ddl_following --test bad_inputs --test read_through --test privileges \
+    --test sql_functions --test chaos -- --test-threads=2
   printf '\n\033[1mPostgreSQL %s: every tier passed in %ss.\033[0m\n' "$v" $((SECONDS - t_version))
 done
 

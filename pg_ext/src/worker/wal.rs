@@ -448,7 +448,8 @@ impl Worker {
             }
         }
         kept_before.push(kept.len());
-        let ends: Vec<(usize, u64)> = ends.into_iter().map(|(i, lsn)| (kept_before[i], lsn)).collect();
+        let ends: Vec<(usize, u64)> =
+            ends.into_iter().map(|(i, lsn)| (kept_before.get(i).copied().unwrap_or(kept.len()), lsn)).collect();
         let acked = if kept.is_empty() { 0 } else { self.apply_part(&kept)? };
         for (before, lsn) in &ends {
             if *before <= acked {
