@@ -39,11 +39,11 @@ pub fn server_decodes_wal() -> bool {
 /// The capture of a mapping version made now for `table` (as messages name it), given what
 /// its owner asked (`requested`, None: what the server's setting picks). `pg_redis.capture =
 /// trigger` wins over a table's wish (it is how the server leaves WAL capture). An ERROR when
-/// WAL capture is demanded but wal_level is too low; a NOTICE when the server falls back to
-/// the trigger. `slot_ready`: the worker's slot exists (see [`slot_ready`]); until it does, a
+/// WAL capture is demanded but wal_level is too low; with the capture, the NOTICE to give once
+/// the call succeeded when the server falls back to the trigger. `slot_ready`: the worker's slot exists (see [`slot_ready`]); until it does, a
 /// table is captured by trigger, and the worker moves it to WAL capture once the slot is there
 /// (in one commit, nothing captured twice or lost).
-pub fn for_new_mapping(table: &str, slot_ready: bool, requested: Option<Capture>) -> Capture {
+pub fn for_new_mapping(table: &str, slot_ready: bool, requested: Option<Capture>) -> (Capture, Option<String>) {
     let setting = CAPTURE.get();
     let wants_wal = match (setting, requested) {
         (CaptureSetting::Trigger, _) | (_, Some(Capture::Trigger)) => false,
@@ -56,25 +56,26 @@ pub fn for_new_mapping(table: &str, slot_ready: bool, requested: Option<Capture>
             }
             true
         }
-        (CaptureSetting::Auto, None) => {
-            if !wal_is_logical() {
-                notice!(
+        (CaptureSetting::Auto, None) if !wal_is_logical() => {
+            return (
+                Capture::Trigger,
+                Some(format!(
                     "pg_redis: changes of {table} are captured by a trigger (wal_level is '{}'); with wal_level = logical they are decoded from the WAL at a fraction of the writers' cost",
                     wal_level_name()
-                );
-            }
-            wal_is_logical()
+                )),
+            );
         }
+        (CaptureSetting::Auto, None) => true,
     };
     match wants_wal {
-        false => Capture::Trigger,
-        true if slot_ready => Capture::Wal,
-        true => {
-            notice!(
+        false => (Capture::Trigger, None),
+        true if slot_ready => (Capture::Wal, None),
+        true => (
+            Capture::Trigger,
+            Some(format!(
                 "pg_redis: changes of {table} are captured by a trigger until the delivery worker has made its replication slot; it then moves the table to WAL capture"
-            );
-            Capture::Trigger
-        }
+            )),
+        ),
     }
 }
 

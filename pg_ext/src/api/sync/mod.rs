@@ -106,7 +106,7 @@ fn sync_table(
         }
     }
     let requested: Option<Capture> = capture.map(|c| c.parse().or_raise());
-    let capture = mode::for_new_mapping(&table.display, slot_ready, requested);
+    let (capture, capture_notice) = mode::for_new_mapping(&table.display, slot_ready, requested);
     let database = current_database();
     let stream_key = stream.unwrap_or(true).then(|| default_stream_key(&database, &table.schema, &table.name));
     let mapping = TableMapping {
@@ -159,6 +159,9 @@ fn sync_table(
     if let Ok((Some(_), _)) = previous {
         notice!("pg_redis: mapping of {} updated", table.display);
     }
+    if let Some(n) = capture_notice {
+        notice!("{n}");
+    }
     wake::after_commit();
     queued
 }
@@ -208,7 +211,7 @@ fn recapture(tbl: PgRelation) -> String {
     let slot_ready = mode::slot_ready();
     let table = Table::check(&tbl);
     let requested = as_extension_owner_pinned(|| requested_capture(&table));
-    let capture = mode::for_new_mapping(&table.display, slot_ready, requested);
+    let (capture, capture_notice) = mode::for_new_mapping(&table.display, slot_ready, requested);
     lock(&table);
     let changed = as_extension_owner_pinned(|| {
         Spi::run("LOCK TABLE redis.mapping IN SHARE ROW EXCLUSIVE MODE").unwrap_or_report();
@@ -232,6 +235,9 @@ fn recapture(tbl: PgRelation) -> String {
         queue_mappings_changed(&current_database(), new_id);
         Some(new_id)
     });
+    if let Some(n) = capture_notice {
+        notice!("{n}");
+    }
     if let Some(new_id) = changed {
         if capture == Capture::Wal {
             require_identity(table.oid, &table.display, new_id);
