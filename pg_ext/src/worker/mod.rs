@@ -150,6 +150,8 @@ struct Worker {
     slot_refused: Backoff,
     /// When the worker last failed to make its slot (it tries again after a while).
     slot_attempt: Option<Instant>,
+    /// When the worker last looked for a slot while capturing by trigger.
+    slot_looked: Option<Instant>,
     /// The highest outbox id read (all, unless rows queued before the slot are drained).
     outbox_upto: i64,
     /// Tables may be captured otherwise than the setting picks (at start, after a reload).
@@ -171,6 +173,7 @@ impl Worker {
             slot: None,
             slot_refused: Backoff::default(),
             slot_attempt: None,
+            slot_looked: None,
             outbox_upto: i64::MAX,
             recapture_due: true,
             announced_decoding: false,

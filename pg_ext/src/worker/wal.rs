@@ -35,6 +35,9 @@ use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+/// How often a worker capturing by trigger looks for a slot an earlier setting left.
+const SLOT_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long after a failed attempt to make the slot the worker tries again.
 const SLOT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -83,8 +86,14 @@ impl Worker {
     /// Whether this worker delivers from the slot: the server captures from the WAL, or a slot
     /// of an earlier setting still holds changes.
     pub(super) fn uses_slot(&mut self) -> bool {
-        if self.slot.is_none() && (mode::server_decodes_wal() || slot_exists(&mode::slot_name(self.dboid))) {
-            self.slot = in_transaction("preparing the replication slot", || self.open_slot()).flatten();
+        // A slot left by an earlier setting is looked for now and then, not every round: trigger
+        // capture's drain must not pay a transaction per batch for it.
+        let look = mode::server_decodes_wal() || self.slot_looked.is_none_or(|t| t.elapsed() >= SLOT_LOOK_EVERY);
+        if self.slot.is_none() && look {
+            self.slot_looked = Some(Instant::now());
+            if mode::server_decodes_wal() || slot_exists(&mode::slot_name(self.dboid)) {
+                self.slot = in_transaction("preparing the replication slot", || self.open_slot()).flatten();
+            }
         }
         let decodes = self.slot.is_some() || mode::server_decodes_wal();
         if decodes != self.announced_decoding {
