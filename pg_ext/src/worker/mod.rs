@@ -363,17 +363,7 @@ impl Worker {
             let target = redis_client::Target::from_settings();
             let (runnable, status) = split(planned);
             if scans || self.pipeline.is_none() {
-                let refs: Vec<&Planned> = runnable.iter().collect();
-                let tables: HashMap<i64, pg_sys::Oid> =
-                    self.mappings.iter().map(|(id, (_, oid))| (*id, *oid)).collect();
-                let sent = match self.connection() {
-                    Ok(conn) => redis_sink::apply(conn, &refs, &mut |m, keys| {
-                        outbox::existing_keys(m, tables.get(&m.id).copied().unwrap_or(pg_sys::InvalidOid), keys)
-                    })
-                    .map_err(|e| redis_client::from_redis(&target, e)),
-                    Err(e) => Err(e),
-                };
-                match sent {
+                match self.send_now(&runnable) {
                     Ok(outcomes) => {
                         self.backoff.succeed();
                         self.settle(&events, status, outcomes);
@@ -400,6 +390,19 @@ impl Worker {
                 in_flight = Some(Flight { events, status });
             }
         }
+    }
+
+    /// Applies planned events on this thread's connection (the sweeps' existence checks need
+    /// SPI, which only this thread may use).
+    fn send_now(&mut self, runnable: &[Planned]) -> Result<Vec<redis_sink::Outcome>, pg_redis_shared::Error> {
+        let target = redis_client::Target::from_settings();
+        let refs: Vec<&Planned> = runnable.iter().collect();
+        let tables: HashMap<i64, pg_sys::Oid> = self.mappings.iter().map(|(id, (_, oid))| (*id, *oid)).collect();
+        let conn = self.connection()?;
+        redis_sink::apply(conn, &refs, &mut |m, keys| {
+            outbox::existing_keys(m, tables.get(&m.id).copied().unwrap_or(pg_sys::InvalidOid), keys)
+        })
+        .map_err(|e| redis_client::from_redis(&target, e))
     }
 
     fn plan_all(&mut self, events: &[Event]) -> Vec<Result<Planned, String>> {

@@ -17,7 +17,7 @@
 //! repaired the same way: dropped, made again, every such table resynced. Never skipped.
 
 use super::outbox::{self, Event, Kind, Scope};
-use super::redis_sink::{Outcome, Planned};
+use super::redis_sink::Outcome;
 use super::registry::{self, WorkerState};
 use super::settle::split;
 use super::{in_transaction, Drained, Worker};
@@ -26,7 +26,6 @@ use crate::gucs;
 use crate::pg::guc;
 use crate::pg::read;
 use crate::pg::xact::{on_latest_snapshot, try_in_transaction};
-use crate::redis_client;
 use pg_redis_shared::wal::{QueuedRow, WalOp, WalRecord};
 use pg_redis_shared::{delivery, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -478,17 +477,7 @@ impl Worker {
         registry::set_state(self.dboid, WorkerState::Delivering, None);
         let planned = self.plan_all(&events);
         let (runnable, status) = split(planned);
-        let refs: Vec<&Planned> = runnable.iter().collect();
-        let tables: HashMap<i64, pg_sys::Oid> = self.mappings.iter().map(|(id, (_, oid))| (*id, *oid)).collect();
-        let target = redis_client::Target::from_settings();
-        let sent = match self.connection() {
-            Ok(conn) => super::redis_sink::apply(conn, &refs, &mut |m, keys| {
-                outbox::existing_keys(m, tables.get(&m.id).copied().unwrap_or(pg_sys::InvalidOid), keys)
-            })
-            .map_err(|e| redis_client::from_redis(&target, e)),
-            Err(e) => Err(e),
-        };
-        match sent {
+        match self.send_now(&runnable) {
             Ok(outcomes) => {
                 self.backoff.succeed();
                 Ok(self.settle_from_slot(decoded, status, outcomes))
