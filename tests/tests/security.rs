@@ -38,7 +38,7 @@ fn table_owner_with_sync_rights_cannot_escalate() {
     let mut env = Env::start("sec_owner");
     env.sql(
         "CREATE ROLE owner LOGIN; GRANT USAGE, CREATE ON SCHEMA public TO owner; GRANT USAGE ON SCHEMA redis TO owner;
-         GRANT EXECUTE ON FUNCTION redis.sync_table(regclass, text, text, integer, text[], boolean, text, boolean), redis.resync(regclass) TO owner;",
+         GRANT EXECUTE ON FUNCTION redis.sync_table(regclass, text, text, integer, text[], boolean, text, boolean, text), redis.resync(regclass) TO owner;",
     );
     let mut o = postgres::Client::connect(
         &format!("host=127.0.0.1 port={} user=owner dbname=postgres", env.servers.pg.port),
