@@ -179,7 +179,16 @@ fn on_commit_is_refused_when_queued_even_with_redis_down() {
     refused(&mut app, "SELECT redis.on_commit('NO.SUCH.COMMAND', 'k')", "NO.SUCH.COMMAND");
     ok(&mut app, "SELECT redis.on_commit('SET', 'report:today', 'stale')");
     env.sql("SELECT redis.on_commit('SET', 'users:98', 'queued by a superuser')");
-    let queued: i64 = env.pg.query_one("SELECT count(*) FROM redis.outbox WHERE op = 'x'", &[]).unwrap().get(0);
+    // (The worker may queue its own notice of a mapping change meanwhile: moving `users` to
+    // WAL capture once its slot is ready.)
+    let queued: i64 = env
+        .pg
+        .query_one(
+            "SELECT count(*) FROM redis.outbox WHERE op = 'x' AND command[2] NOT LIKE 'pg_redis:mappings:%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(queued, 2, "only the allowed commands were queued");
     env.servers.redis.start_again().unwrap();
     env.redis = env.redis_client();

@@ -141,6 +141,57 @@ fn the_slot_holds_changes_while_redis_is_down_and_nothing_is_lost() {
     env.assert_consistent("t");
 }
 
+/// A transaction is decoded as soon as its commit record is flushed, but other sessions see it
+/// only a moment later, when it leaves the process array (a synchronous commit waits for its
+/// standby in between). Whatever the worker reads of a decoded transaction (its queued rows,
+/// the mapping version it made, a row read again) must wait until it is visible: a queued row
+/// read as missing would be skipped as delivered and stay queued for ever.
+#[test]
+fn transactions_decoded_before_they_are_visible_lose_nothing() {
+    // Commits asking for synchronous replication wait for a standby that never comes: flushed
+    // and decoded, not yet visible. The rest of the server commits locally.
+    let mut env = logical(
+        "wal_delivery_invisible",
+        &[("synchronous_standby_names", "'nobody'"), ("synchronous_commit", "local")],
+    );
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE noise (id serial, v text)");
+    env.sql("SELECT redis.sync_table('t')");
+    env.wait_synced();
+    let mut writer = env.pg_client();
+    let pid: i32 = writer.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let waiting = std::thread::spawn(move || {
+        writer.batch_execute(
+            "SET synchronous_commit = on; BEGIN;
+             INSERT INTO t VALUES (1, 'a'); SELECT redis.on_commit('SET', 'marker', 'after t:1');
+             SELECT redis.resync('t');
+             CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u VALUES (7, 'u');
+             SELECT redis.sync_table('u');
+             COMMIT",
+        )
+    });
+    wait_for(20, "the commit to wait for its standby", || {
+        let n: i64 = one(
+            &mut env,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'SyncRep'"),
+        );
+        n == 1
+    });
+    // Other commits wake the worker: it decodes the waiting transaction meanwhile.
+    for _ in 0..10 {
+        env.sql("INSERT INTO noise (v) VALUES ('n')");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Cancelling the wait makes the local commit visible.
+    env.sql(&format!("SELECT pg_cancel_backend({pid})"));
+    waiting.join().unwrap().expect("the transaction commits locally");
+    env.wait_synced();
+    assert_eq!(env.get("marker").as_deref(), Some("after t:1"));
+    env.assert_consistent("t");
+    env.assert_consistent("u");
+    let left: i64 = one(&mut env, "SELECT count(*) FROM redis.outbox");
+    assert_eq!(left, 0, "nothing stays queued");
+}
+
 #[test]
 fn an_invalidated_slot_is_repaired_by_resyncing() {
     let mut env = logical("wal_delivery_invalidated", &[("max_slot_wal_keep_size", "1MB"), ("wal_keep_size", "0")]);

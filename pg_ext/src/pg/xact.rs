@@ -79,6 +79,21 @@ pub fn on_latest_snapshot<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Waits until transaction `xid` (a full id) has ended and every new snapshot sees it. A
+/// transaction is in the WAL, and decoded, once its commit record is flushed; other sessions
+/// see it only after it leaves the process array (a synchronous commit waits for its standby
+/// in between). Its lock goes after that, so waiting for the lock is waiting for visibility.
+pub fn wait_until_visible(xid: i64) {
+    // The 32 low bits are the xid; a transaction this old or older has ended long ago.
+    let xid = pg_sys::TransactionId::from_inner(xid as u32);
+    // SAFETY: plain reads of the process array, then a lock wait PostgreSQL can interrupt.
+    unsafe {
+        if pg_sys::TransactionIdIsInProgress(xid) {
+            pg_sys::XactLockTableWait(xid, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
+        }
+    }
+}
+
 /// Whether the transaction keeps one snapshot for all its statements (REPEATABLE READ or
 /// SERIALIZABLE).
 pub fn is_repeatable_read() -> bool {

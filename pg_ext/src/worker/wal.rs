@@ -25,7 +25,7 @@ use crate::capture::mode;
 use crate::gucs;
 use crate::pg::guc;
 use crate::pg::read;
-use crate::pg::xact::{on_latest_snapshot, try_in_transaction};
+use crate::pg::xact::{on_latest_snapshot, try_in_transaction, wait_until_visible};
 use pg_redis_shared::wal::{QueuedRow, WalOp, WalRecord};
 use pg_redis_shared::{delivery, Op, OutboxOp, TableMapping};
 use pgrx::pg_sys::panic::ErrorReportable;
@@ -584,7 +584,12 @@ impl Worker {
                 Item::Event(Decoded { event: Event { tx_id, captured_ms: commit_ms, ..event }, queued: false })
             };
             match record {
-                WalRecord::Begin { xid, commit_ms } => reader.transaction = Some((xid, commit_ms)),
+                WalRecord::Begin { xid, commit_ms } => {
+                    // What is read of it below (its queued rows, its mappings, a row read
+                    // again) must see it.
+                    wait_until_visible(xid);
+                    reader.transaction = Some((xid, commit_ms));
+                }
                 WalRecord::Commit { .. } => {
                     reader.transaction = None;
                     out.push(Item::End(lsn));
