@@ -92,6 +92,22 @@ CREATE TABLE redis.wal_slot (
     resynced_at timestamptz
 );
 
+-- Backfills under WAL capture (sync_table, resync), one per table: the worker reads the table
+-- in chunks of its leaves' blocks, each between a low and a high watermark it commits to the
+-- WAL, and pushes them straight to Redis (keys changed between the watermarks are left to
+-- their newer change). leaf and after: where the next chunk starts (the leaf's oid, the last
+-- row read). sweep: delete keys whose rows are gone once done (resync). Not dumped.
+CREATE TABLE redis.backfill (
+    table_oid   oid PRIMARY KEY,
+    mapping_id  bigint NOT NULL,
+    sweep       boolean NOT NULL,
+    leaf        oid,
+    after       tid NOT NULL DEFAULT '(0,0)',
+    rows_done   bigint NOT NULL DEFAULT 0,
+    rows_about  bigint NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Who this database is, recorded by CREATE EXTENSION: a copy (CREATE DATABASE ... TEMPLATE)
 -- carries the template's row, and its worker holds delivery until redis.adopt_copy() (the
 -- copied outbox and mappings target the template's keys). Not dumped: a restored database

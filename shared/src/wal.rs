@@ -12,6 +12,7 @@
 //! B <xid> <commit time, ms since the epoch>
 //! C <xid> <commit time, ms since the epoch>
 //! K
+//! W <table oid> <chunk number>
 //! ```
 //! `E` carries an outbox op (`c u d t S`, as the trigger queues them) or `F`: the row's key
 //! in `after`, whose value the WAL did not hold whole (re-read it; `before` holds the old key
@@ -23,7 +24,10 @@
 //! first (the consumer may read a large transaction in parts). `C` ends a transaction that
 //! had records; its LSN is the commit's end, where the slot may be advanced to once everything
 //! before it reached Redis. `K` stands for transactions that had none, so that the slot moves
-//! past them too.
+//! past them too. `W` is the watermark of a backfill chunk under WAL capture (DBLog): the
+//! worker reads a chunk of the table and commits the watermark in the same transaction; a key
+//! changed before it in the WAL, since the chunk was read, is dropped from the chunk, its
+//! newer change being on its way.
 
 use crate::event::OutboxOp;
 use std::fmt;
@@ -43,6 +47,27 @@ pub enum WalRecord {
     Commit { xid: i64, commit_ms: i64 },
     /// The end of transactions with nothing to deliver.
     Keepalive,
+    /// A backfill chunk's (high) watermark.
+    Watermark(Watermark),
+}
+
+/// The watermark committed with the read of one backfill chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermark {
+    /// The synced table (its oid) being backfilled.
+    pub table: u32,
+    /// The chunk's number, unique for the worker's process.
+    pub chunk: i64,
+}
+
+impl Watermark {
+    /// The logical message prefix the worker emits watermarks under.
+    pub const PREFIX: &'static str = "pg_redis";
+
+    /// The message's content (and the record's text).
+    pub fn encode(&self) -> String {
+        format!("W {} {}", self.table, self.chunk)
+    }
 }
 
 /// An outbox row, as the worker reads it from the outbox itself.
@@ -131,6 +156,7 @@ impl WalRecord {
             WalRecord::Begin { xid, commit_ms } => format!("B {xid} {commit_ms}"),
             WalRecord::Commit { xid, commit_ms } => format!("C {xid} {commit_ms}"),
             WalRecord::Keepalive => "K".to_owned(),
+            WalRecord::Watermark(w) => w.encode(),
         }
     }
 
@@ -142,6 +168,10 @@ impl WalRecord {
         let int = |s: &str| s.parse::<i64>().map_err(|_| bad("a number expected"));
         match fields.as_slice() {
             ["K"] => Ok(WalRecord::Keepalive),
+            ["W", table, chunk] => Ok(WalRecord::Watermark(Watermark {
+                table: table.parse().map_err(|_| bad("a table oid expected"))?,
+                chunk: int(chunk)?,
+            })),
             ["B", xid, ms] => Ok(WalRecord::Begin { xid: int(xid)?, commit_ms: int(ms)? }),
             ["C", xid, ms] => Ok(WalRecord::Commit { xid: int(xid)?, commit_ms: int(ms)? }),
             ["U", id, reason] => {
@@ -222,6 +252,9 @@ mod tests {
     #[test]
     fn every_record_reads_back_as_written() {
         round_trip(WalRecord::Keepalive);
+        round_trip(WalRecord::Watermark(Watermark { table: 16_384, chunk: 1 }));
+        round_trip(WalRecord::Watermark(Watermark { table: u32::MAX, chunk: i64::MAX }));
+        assert!(WalRecord::parse("W x 2").is_err());
         round_trip(WalRecord::Commit { xid: 4_294_967_296, commit_ms: 1_700_000_000_123 });
         round_trip(WalRecord::Begin { xid: 4_294_967_296, commit_ms: 1_700_000_000_123 });
         round_trip(WalRecord::Change {

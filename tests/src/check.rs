@@ -50,6 +50,40 @@ pub fn actual(redis: &mut redis::Connection, key: &str) -> Option<Encoded> {
     }
 }
 
+/// [`actual`] of many keys, pipelined (a table of a million rows is checked in seconds).
+pub fn actual_many(redis: &mut redis::Connection, keys: &[&String]) -> Vec<Option<Encoded>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for part in keys.chunks(2000) {
+        let mut types = redis::pipe();
+        for k in part {
+            types.cmd("TYPE").arg(*k);
+        }
+        let kinds: Vec<String> = types.query(redis).expect("TYPE");
+        let mut values = redis::pipe();
+        for (k, kind) in part.iter().zip(&kinds) {
+            match kind.as_str() {
+                "hash" => values.cmd("HGETALL").arg(*k),
+                // A key gone since TYPE reads as nil, as if "none".
+                _ => values.cmd("GET").arg(*k),
+            };
+        }
+        let got: Vec<redis::Value> = values.query(redis).expect("GET/HGETALL");
+        for ((k, kind), v) in part.iter().zip(&kinds).zip(got) {
+            out.push(match kind.as_str() {
+                "none" => None,
+                "string" => Some(Encoded::Json(redis::from_redis_value(v).expect("GET"))),
+                "hash" => {
+                    let mut fields: Vec<(String, String)> = redis::from_redis_value(v).expect("HGETALL");
+                    fields.sort();
+                    Some(Encoded::Hash(fields))
+                }
+                other => panic!("{k} holds a {other}"),
+            });
+        }
+    }
+    out
+}
+
 /// Every difference between the table and Redis, as readable lines (empty: consistent).
 pub fn divergence(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str) -> Vec<String> {
     compare(pg, redis, table, false)
@@ -66,7 +100,9 @@ fn compare(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str
     let m = mapping_of(pg, table);
     let want = expected(pg, &m);
     let mut problems = Vec::new();
-    for (key, value) in &want {
+    let keys: Vec<&String> = want.keys().collect();
+    let found = actual_many(redis, &keys);
+    for ((key, value), found) in want.iter().zip(found) {
         let value = match value {
             Encoded::Hash(f) => {
                 let mut f = f.clone();
@@ -75,7 +111,7 @@ fn compare(pg: &mut postgres::Client, redis: &mut redis::Connection, table: &str
             }
             v => v.clone(),
         };
-        match actual(redis, key) {
+        match found {
             Some(got) if got == value => {}
             None if misses_allowed => match (&value, read_through(redis, key)) {
                 (Encoded::Json(want), Ok(Some(got))) if got == *want => {}

@@ -200,12 +200,14 @@ fn large_rows_are_delivered_in_bounded_memory() {
 #[test]
 fn backfill_of_very_large_rows_succeeds() {
     let mut env = Env::start("cons_backfill_large");
-    // Nowhere to deliver: this is about the backfill in the caller's backend.
+    // Nowhere to deliver: this is about the backfill queued by the caller's backend (capture by
+    // trigger; under WAL capture the worker reads chunks bounded by batch_max_bytes instead).
     env.sql("ALTER SYSTEM SET pg_redis.url = 'redis://127.0.0.1:1'");
     env.sql("SELECT pg_reload_conf()");
     env.sql("CREATE TABLE huge (id int PRIMARY KEY, body text); INSERT INTO huge SELECT g, repeat(md5(g::text), 327680) FROM generate_series(1, 500) g");
     let t0 = Instant::now();
-    let queued: i64 = env.pg.query_one("SELECT redis.sync_table('huge', stream => false)", &[]).unwrap().get(0);
+    let queued: i64 =
+        env.pg.query_one("SELECT redis.sync_table('huge', stream => false, capture => 'trigger')", &[]).unwrap().get(0);
     println!("sync_table on 500 rows of 10 MB: {queued} rows queued in {:.1} s", t0.elapsed().as_secs_f64());
     assert_eq!(queued, 500);
     let (n, bytes): (i64, i64) = {

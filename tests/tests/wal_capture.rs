@@ -104,9 +104,12 @@ fn the_plugin_decodes_committed_changes_of_synced_tables_in_commit_order() {
             _ => assert!(open.is_some(), "a record outside a transaction"),
         }
     }
-    // Rows queued in the outbox (the delivery worker's own) are left out here.
-    let records: Vec<WalRecord> =
-        peek(&mut env, "probe").into_iter().filter(|r| !matches!(r, WalRecord::Queued(_))).collect();
+    // Rows queued in the outbox and backfill watermarks (the delivery worker's own) are left
+    // out here.
+    let records: Vec<WalRecord> = peek(&mut env, "probe")
+        .into_iter()
+        .filter(|r| !matches!(r, WalRecord::Queued(_) | WalRecord::Watermark(_)))
+        .collect();
     let changes: Vec<_> = records.iter().filter_map(change).collect();
     let ids = |v: &Option<Value>| v.as_ref().map(|v| v["id"].clone());
     let summary: Vec<(WalOp, Option<Value>, Option<Value>)> = changes
@@ -263,8 +266,11 @@ fn rows_queued_in_the_outbox_are_decoded_in_their_place_among_the_changes() {
     env.sql(
         "BEGIN; SELECT redis.on_commit('SET', 'greeting', 'hello world'); INSERT INTO t VALUES (3, 'after'); COMMIT",
     );
-    let records: Vec<WalRecord> =
-        peek(&mut env, "probe").into_iter().filter(|r| !matches!(r, WalRecord::Commit { .. })).collect();
+    // (The backfill's chunk comes with the worker's watermark, which this slot decodes too.)
+    let records: Vec<WalRecord> = peek(&mut env, "probe")
+        .into_iter()
+        .filter(|r| !matches!(r, WalRecord::Commit { .. } | WalRecord::Watermark(_)))
+        .collect();
     let summary: Vec<String> = records
         .iter()
         .map(|r| match r {
@@ -283,21 +289,15 @@ fn rows_queued_in_the_outbox_are_decoded_in_their_place_among_the_changes() {
     assert_eq!(
         summary,
         vec![
-            // sync_table: the module is told the mappings changed, then the backfill's read.
+            // sync_table: the module is told the mappings changed (the worker reads the backfill
+            // in chunks: no queued read).
             format!("queued x None None Some([\"SET\", \"pg_redis:mappings:postgres\", \"{m}\"])"),
-            "queued r Some(true) Some(Number(1)) None".to_owned(),
             decoded_change(2),
             "queued x None None Some([\"SET\", \"greeting\", \"hello world\"])".to_owned(),
             decoded_change(3),
         ],
         "{records:?}"
     );
-    let q = records.iter().find_map(|r| match r {
-        WalRecord::Queued(q) if q.op == 'r' => Some(q.clone()),
-        _ => None,
-    });
-    let expected: String = env.pg.query_one("SELECT to_jsonb(t)::text FROM t WHERE id = 1", &[]).expect("row").get(0);
-    assert_eq!(q.and_then(|q| q.new_row), Some(expected), "the queued row's text is the outbox's");
 }
 
 #[test]

@@ -41,12 +41,15 @@ SELECT s.table_name,
        w.state AS worker_state,
        t.capture,
        slot.retained AS wal_retained_bytes,
-       slot.wal_status AS slot_wal_status
+       slot.wal_status AS slot_wal_status,
+       b.rows_done AS backfilled_rows,
+       b.rows_about AS backfill_rows_about
   FROM (SELECT DISTINCT ON (scope) scope, table_name FROM scopes ORDER BY scope, table_name NULLS LAST) s
   LEFT JOIN queued q USING (scope)
   LEFT JOIN redis.delivery d USING (scope)
   LEFT JOIN redis.tables t ON t.table_name::oid::text = s.scope
   LEFT JOIN slot ON true
+  LEFT JOIN redis.backfill b ON b.table_oid::text = s.scope
  CROSS JOIN redis.worker_status() w
  ORDER BY s.table_name NULLS LAST;
 

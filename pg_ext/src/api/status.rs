@@ -57,6 +57,16 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
             Some(decoded) => decoded,
             None => return None,
         };
+        // Backfills the worker reads in chunks (under WAL capture) end when all is in Redis.
+        let mut pause = Duration::from_millis(1);
+        while backfills_pending() {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            sleep_interruptibly(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
         if last > 0 {
             // SAFETY: reading this backend's database id.
             registry::wake(unsafe { pg_sys::MyDatabaseId });
@@ -210,6 +220,20 @@ fn cannot_read(what: &str, why: impl std::fmt::Display) -> ! {
 
 /// Whether the outbox holds an event up to `last` that another transaction wrote (this one's
 /// own, subtransactions included, are not committed yet and not waited for).
+/// Whether a backfill committed by another transaction is under way (this transaction's own
+/// cannot start before it commits).
+fn backfills_pending() -> bool {
+    let xmins: Vec<i64> = crate::pg::xact::on_latest_snapshot(|| {
+        Spi::connect(|c| {
+            c.select("SELECT xmin::text::int8 FROM redis.backfill", None, &[])?
+                .map(|r| Ok(r.get::<i64>(1)?.unwrap_or(0)))
+                .collect::<spi::SpiResult<Vec<_>>>()
+        })
+    })
+    .unwrap_or_else(|e| cannot_read("redis.backfill", e));
+    xmins.iter().any(|x| !crate::pg::xact::is_current_transaction(*x as u32))
+}
+
 fn others_pending(last: i64) -> bool {
     let mut after = 0i64;
     loop {

@@ -9,6 +9,7 @@
 //! keep flowing. Events that can never apply (a key column is NULL, Redis rejects a queued
 //! command for good) move to `redis.dead_letter` with the reason.
 
+mod backfill;
 mod launcher;
 mod settle;
 pub use launcher::register_launcher;
@@ -158,6 +159,14 @@ struct Worker {
     recapture_due: bool,
     /// What the registry says of this worker's decoding.
     announced_decoding: bool,
+    /// The backfill chunk read between its watermarks, under WAL capture.
+    chunk: Option<backfill::Chunk>,
+    /// Chunks read by this process (numbers them).
+    chunks_made: i64,
+    /// Blocks the next chunk covers (sized to the rows the last one found).
+    chunk_blocks: i64,
+    /// When a chunk last could not be read.
+    chunk_failed_at: Option<Instant>,
 }
 
 impl Worker {
@@ -177,6 +186,10 @@ impl Worker {
             outbox_upto: i64::MAX,
             recapture_due: true,
             announced_decoding: false,
+            chunk: None,
+            chunks_made: 0,
+            chunk_blocks: backfill::FIRST_BLOCKS,
+            chunk_failed_at: None,
         }
     }
 

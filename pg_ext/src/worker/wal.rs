@@ -16,6 +16,7 @@
 //! table captured from the WAL is resynced. An invalidated slot (`max_slot_wal_keep_size`) is
 //! repaired the same way: dropped, made again, every such table resynced. Never skipped.
 
+use super::backfill::Seen;
 use super::outbox::{self, Event, Kind, Scope};
 use super::redis_sink::Outcome;
 use super::registry::{self, WorkerState};
@@ -63,6 +64,8 @@ enum Item {
     /// A transaction's end (or transactions with nothing to deliver): the slot may move here
     /// once everything before it was acknowledged.
     End(u64),
+    /// The backfill chunk in flight was delivered once everything before this was.
+    ChunkDone,
 }
 
 /// Where a round is in the slot's rows.
@@ -185,6 +188,8 @@ impl Worker {
         });
         self.slot = slot;
         self.recapture_due = true;
+        // A chunk read for an earlier slot would wait for a watermark this one never decodes.
+        self.chunk = None;
         self.slot.is_some()
     }
 
@@ -230,6 +235,7 @@ impl Worker {
             self.recapture_due = false;
             self.recapture_tables();
         }
+        self.start_chunk_if_due();
         let limit = gucs::BATCH_SIZE.get() as i64;
         let this = AssertUnwindSafe(&mut *self);
         let peeked = name.clone();
@@ -331,6 +337,7 @@ impl Worker {
         if dropped == Some(true) {
             log!("pg_redis: replication slot {name} dropped: changes are captured by trigger");
             self.slot = None;
+            self.chunk = None;
             registry::set_decoding(self.dboid, false);
         }
         Drained::Some { full: true }
@@ -437,10 +444,12 @@ impl Worker {
         let mut decoded: Vec<Decoded> = Vec::new();
         // Per item: how many events precede it (for the transaction ends).
         let mut ends: Vec<(usize, u64)> = Vec::new();
+        let mut chunk_done = None;
         for item in items {
             match item {
                 Item::Event(d) => decoded.push(d),
                 Item::End(lsn) => ends.push((decoded.len(), lsn)),
+                Item::ChunkDone => chunk_done = Some(decoded.len()),
             }
         }
         // A queued row whose outbox row is gone was delivered (before the slot existed, or in
@@ -458,7 +467,11 @@ impl Worker {
         kept_before.push(kept.len());
         let ends: Vec<(usize, u64)> =
             ends.into_iter().map(|(i, lsn)| (kept_before.get(i).copied().unwrap_or(kept.len()), lsn)).collect();
+        let chunk_done = chunk_done.map(|i| kept_before.get(i).copied().unwrap_or(kept.len()));
         let acked = if kept.is_empty() { 0 } else { self.apply_part(&kept)? };
+        if chunk_done.is_some_and(|before| before <= acked) {
+            self.chunk_delivered();
+        }
         for (before, lsn) in &ends {
             if *before <= acked {
                 reader.acked_through = Some(*lsn);
@@ -595,12 +608,33 @@ impl Worker {
                     out.push(Item::End(lsn));
                 }
                 WalRecord::Keepalive => out.push(Item::End(lsn)),
-                WalRecord::Queued(q) => out.push(Item::Event(Decoded { event: queued_event(q), queued: true })),
-                WalRecord::Change { mapping_id, op, before, after } => out.push(decoded(match op {
-                    WalOp::Outbox(op) => decoded_event(lsn, mapping_id, op, before, after),
-                    WalOp::Refetch => self.refetch(lsn, mapping_id, before, after),
-                })),
+                WalRecord::Watermark(w) => {
+                    if let Some(finished) = self.chunk_sees(Seen::Watermark(w)) {
+                        out.extend(finished.events.into_iter().map(decoded));
+                        out.push(Item::ChunkDone);
+                    }
+                }
+                WalRecord::Queued(q) => {
+                    if let Some(m) = q.mapping_id {
+                        self.chunk_sees(match OutboxOp::from_code(q.op) {
+                            Some(OutboxOp::Row(Op::Truncate) | OutboxOp::Sweep) | None => Seen::Whole(m),
+                            _ => Seen::Rows(m, [q.old_row.as_deref(), q.new_row.as_deref()]),
+                        });
+                    }
+                    out.push(Item::Event(Decoded { event: queued_event(q), queued: true }))
+                }
+                WalRecord::Change { mapping_id, op, before, after } => {
+                    self.chunk_sees(match op {
+                        WalOp::Outbox(OutboxOp::Row(Op::Truncate) | OutboxOp::Sweep) => Seen::Whole(mapping_id),
+                        _ => Seen::Rows(mapping_id, [before.as_deref(), after.as_deref()]),
+                    });
+                    out.push(decoded(match op {
+                        WalOp::Outbox(op) => decoded_event(lsn, mapping_id, op, before, after),
+                        WalOp::Refetch => self.refetch(lsn, mapping_id, before, after),
+                    }))
+                }
                 WalRecord::Undecodable { mapping_id, reason } => {
+                    self.chunk_sees(Seen::Whole(mapping_id));
                     // Parked with the reason; a resync repairs the key once the cause is fixed.
                     let event = decoded_event(lsn, mapping_id, OutboxOp::Row(Op::Update), None, None);
                     out.push(decoded(Event { kind: Kind::Unknown('?'), command: Some(vec![reason]), ..event }));

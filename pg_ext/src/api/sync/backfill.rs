@@ -3,13 +3,50 @@
 //! join or leave), in chunks bounded by rows and bytes.
 
 use super::checks::{require_read_committed, Table};
+use super::mapping::capture_of;
 use crate::api::privileges::{as_extension_owner, as_extension_owner_pinned, with_catalog_search_path};
 use crate::capture::canonical::with_canonical_settings;
 use crate::capture::enqueue;
-use pg_redis_shared::Op;
+use crate::capture::mode::Capture;
+use pg_redis_shared::{Op, OutboxOp};
 use pgrx::pg_sys::panic::ErrorReportable;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
+
+/// Backfills a synced table: under WAL capture the delivery worker reads it in chunks between
+/// watermarks and pushes them straight to Redis (`sweep`: then deletes keys whose rows are
+/// gone); otherwise every row is queued in the outbox now (and the sweep after them). Returns
+/// the number of rows: queued, or under WAL capture those the table holds now.
+pub(super) fn backfill(t: &Table, mapping_id: i64, sweep: bool) -> i64 {
+    if as_extension_owner_pinned(|| capture_of(mapping_id)) != Capture::Wal {
+        let n = queue_rows(t, mapping_id);
+        if sweep {
+            as_extension_owner_pinned(|| enqueue::table_event(mapping_id, OutboxOp::Sweep));
+        }
+        return n;
+    }
+    require_read_committed("a backfill (sync_table, resync)");
+    // Counted as the caller, who must be able to read every row the worker will push.
+    let rows = with_catalog_search_path(|| {
+        Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", t.quoted)).unwrap_or_report().unwrap_or(0)
+    });
+    as_extension_owner_pinned(|| {
+        // A backfill already under way starts over for the new version (one per table).
+        Spi::run_with_args(
+            "INSERT INTO redis.backfill (table_oid, mapping_id, sweep, rows_about) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (table_oid) DO UPDATE SET mapping_id = EXCLUDED.mapping_id, \
+                 sweep = redis.backfill.sweep OR EXCLUDED.sweep, leaf = NULL, after = '(0,0)', \
+                 rows_done = 0, rows_about = EXCLUDED.rows_about, started_at = now()",
+            &[t.oid.into(), mapping_id.into(), sweep.into(), rows.into()],
+        )
+        .unwrap_or_report()
+    });
+    notice!(
+        "pg_redis: backfill of {}: {rows} rows, read in chunks by the delivery worker once this transaction commits (progress in redis.status)",
+        t.display
+    );
+    rows
+}
 
 /// Queues a read event for every row, partition by partition, in chunks bounded by rows and by
 /// bytes (`pg_redis.batch_max_bytes`), reporting progress. Rows are read through a cursor and

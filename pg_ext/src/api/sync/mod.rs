@@ -29,7 +29,6 @@ use crate::api::privileges::as_extension_owner_pinned;
 use crate::capture::mode::{self, Capture};
 use crate::capture::wake;
 use crate::errors::{raise, OrRaise};
-use backfill::queue_rows;
 use checks::{
     check_against_other_mappings, primary_key, require_preloaded, require_read_committed, require_unique_key,
     table_columns, Table,
@@ -155,7 +154,7 @@ fn sync_table(
     if capture == Capture::Wal {
         require_identity(table.oid, &table.display, id);
     }
-    let queued = if backfill.unwrap_or(true) { queue_rows(&table, id) } else { 0 };
+    let queued = if backfill.unwrap_or(true) { backfill::backfill(&table, id, false) } else { 0 };
     if let Ok((Some(_), _)) = previous {
         notice!("pg_redis: mapping of {} updated", table.display);
     }
@@ -193,8 +192,7 @@ fn resync(tbl: PgRelation) -> i64 {
     let table = Table::check(&tbl);
     lock(&table);
     let id = as_extension_owner_pinned(|| active_mapping_id(&table));
-    let n = queue_rows(&table, id);
-    as_extension_owner_pinned(|| queue_row_event(id, OutboxOp::Sweep));
+    let n = backfill::backfill(&table, id, true);
     wake::after_commit();
     n
 }

@@ -1,8 +1,8 @@
 //! The output plugin `pg_redis` (`pg_create_logical_replication_slot(name, 'pg_redis')`): the
 //! extension's library is also a logical decoding plugin. It sees committed transactions only,
 //! whole and in commit order (no streaming, no two-phase callbacks), and writes one text
-//! record per change of a synced table, one per row queued in `redis.outbox` and one per
-//! commit (`shared::wal`).
+//! record per change of a synced table, one per row queued in `redis.outbox`, one per backfill
+//! watermark and one per commit (`shared::wal`).
 //!
 //! Decoding runs inside a transaction PostgreSQL opens and aborts itself: the callbacks read
 //! catalogs (and `redis.mapping`, a user catalog table) under the historic snapshot, and never
@@ -11,7 +11,7 @@
 
 use super::decode;
 use super::synced::{Relation, Relations};
-use pg_redis_shared::wal::{WalOp, WalRecord};
+use pg_redis_shared::wal::{WalOp, WalRecord, Watermark};
 use pg_redis_shared::{Op, OutboxOp};
 use pgrx::pg_sys::ReorderBufferChangeType as Action;
 use pgrx::prelude::*;
@@ -57,6 +57,7 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
     cb.change_cb = Some(change);
     cb.truncate_cb = Some(truncate);
     cb.commit_cb = Some(commit);
+    cb.message_cb = Some(message);
     cb.shutdown_cb = Some(shutdown);
     // No origin filter: changes a subscription applies are synced too, as the capture trigger
     // (ENABLE ALWAYS) syncs them. No stream or prepare callback: only committed transactions.
@@ -219,6 +220,32 @@ unsafe extern "C-unwind" fn truncate(
     for (mapping_id, whole) in whole_by_mapping {
         let op = if whole { OutboxOp::Row(Op::Truncate) } else { OutboxOp::Sweep };
         let record = WalRecord::Change { mapping_id, op: WalOp::Outbox(op), before: None, after: None };
+        // SAFETY: the live decoding context.
+        unsafe { write(ctx, &record) };
+    }
+}
+
+/// Logical messages: only the backfill watermarks the worker commits (transactional messages
+/// of prefix `pg_redis`), in their commit's place among the changes.
+#[pg_guard]
+unsafe extern "C-unwind" fn message(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    _lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    content: *const std::ffi::c_char,
+) {
+    // SAFETY: PostgreSQL's prefix (a C string) and content (`size` bytes) of this message.
+    let (prefix, content) =
+        unsafe { (std::ffi::CStr::from_ptr(prefix), std::slice::from_raw_parts(content.cast::<u8>(), size)) };
+    if !transactional || prefix.to_bytes() != Watermark::PREFIX.as_bytes() {
+        return;
+    }
+    // Anything else under the prefix is not pg_redis's: not a record.
+    let parsed = std::str::from_utf8(content).ok().and_then(|t| WalRecord::parse(t).ok());
+    if let Some(record @ WalRecord::Watermark(_)) = parsed {
         // SAFETY: the live decoding context.
         unsafe { write(ctx, &record) };
     }
