@@ -95,17 +95,22 @@ CREATE TABLE redis.wal_slot (
 -- Backfills under WAL capture (sync_table, resync), one per table: the worker reads the table
 -- in chunks of its leaves' blocks, each between a low and a high watermark it commits to the
 -- WAL, and pushes them straight to Redis (keys changed between the watermarks are left to
--- their newer change). leaf and after: where the next chunk starts (the leaf's oid, the last
--- row read). sweep: delete keys whose rows are gone once done (resync). Not dumped.
+-- their newer change). leaf, filenode and after: where the next chunk starts (the leaf, its
+-- file then: a rewrite moves every row, and the leaf is read again from its start, the last
+-- row read). sweep: delete keys whose rows are gone once done (resync). failed_at, last_error:
+-- the last chunk that could not be read (such a job waits behind the others). Not dumped.
 CREATE TABLE redis.backfill (
     table_oid   oid PRIMARY KEY,
     mapping_id  bigint NOT NULL,
     sweep       boolean NOT NULL,
     leaf        oid,
+    filenode    oid,
     after       tid NOT NULL DEFAULT '(0,0)',
     rows_done   bigint NOT NULL DEFAULT 0,
     rows_about  bigint NOT NULL DEFAULT 0,
-    started_at  timestamptz NOT NULL DEFAULT now()
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    failed_at   timestamptz,
+    last_error  text
 );
 
 -- Who this database is, recorded by CREATE EXTENSION: a copy (CREATE DATABASE ... TEMPLATE)

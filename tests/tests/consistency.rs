@@ -172,7 +172,7 @@ fn large_rows_are_delivered_in_bounded_memory() {
     env.sql("CREATE TABLE big (id int PRIMARY KEY, body text); INSERT INTO big SELECT g, repeat(md5(g::text), 32768) FROM generate_series(1, 1000) g");
     env.sql("SELECT redis.sync_table('big', stream => false)");
     // A gigabyte of backfill: the test is about memory, so give a busy machine time.
-    check::wait_synced(&mut env.pg, 120_000);
+    check::wait_synced(&mut env.pg, 400_000);
     let worker: i32 = env.pg.query_one("SELECT pid FROM redis.worker_status()", &[]).unwrap().get(0);
     // 1 000 updates of 1 MB rows, with their old rows (the stream is on now) and their events.
     env.sql("SELECT redis.sync_table('big', backfill => false)");

@@ -31,8 +31,13 @@ fn create_slot(env: &mut Env) {
 }
 
 /// The records of `slot` not yet consumed, keep-alives and transaction openings left out.
+/// The records, without begins and keepalives, nor the delivery worker's backfill watermarks
+/// (its chunks of the tables synced here; the slot decodes them too).
 fn peek(env: &mut Env, slot: &str) -> Vec<WalRecord> {
-    peek_all(env, slot).into_iter().filter(|r| !matches!(r, WalRecord::Keepalive | WalRecord::Begin { .. })).collect()
+    peek_all(env, slot)
+        .into_iter()
+        .filter(|r| !matches!(r, WalRecord::Keepalive | WalRecord::Begin { .. } | WalRecord::Watermark(_)))
+        .collect()
 }
 
 fn peek_all(env: &mut Env, slot: &str) -> Vec<WalRecord> {
@@ -104,12 +109,9 @@ fn the_plugin_decodes_committed_changes_of_synced_tables_in_commit_order() {
             _ => assert!(open.is_some(), "a record outside a transaction"),
         }
     }
-    // Rows queued in the outbox and backfill watermarks (the delivery worker's own) are left
-    // out here.
-    let records: Vec<WalRecord> = peek(&mut env, "probe")
-        .into_iter()
-        .filter(|r| !matches!(r, WalRecord::Queued(_) | WalRecord::Watermark(_)))
-        .collect();
+    // Rows queued in the outbox (the delivery worker's own) are left out here.
+    let records: Vec<WalRecord> =
+        peek(&mut env, "probe").into_iter().filter(|r| !matches!(r, WalRecord::Queued(_))).collect();
     let changes: Vec<_> = records.iter().filter_map(change).collect();
     let ids = |v: &Option<Value>| v.as_ref().map(|v| v["id"].clone());
     let summary: Vec<(WalOp, Option<Value>, Option<Value>)> = changes
@@ -266,11 +268,8 @@ fn rows_queued_in_the_outbox_are_decoded_in_their_place_among_the_changes() {
     env.sql(
         "BEGIN; SELECT redis.on_commit('SET', 'greeting', 'hello world'); INSERT INTO t VALUES (3, 'after'); COMMIT",
     );
-    // (The backfill's chunk comes with the worker's watermark, which this slot decodes too.)
-    let records: Vec<WalRecord> = peek(&mut env, "probe")
-        .into_iter()
-        .filter(|r| !matches!(r, WalRecord::Commit { .. } | WalRecord::Watermark(_)))
-        .collect();
+    let records: Vec<WalRecord> =
+        peek(&mut env, "probe").into_iter().filter(|r| !matches!(r, WalRecord::Commit { .. })).collect();
     let summary: Vec<String> = records
         .iter()
         .map(|r| match r {

@@ -57,6 +57,8 @@ fn wal_capture_delivers_committed_changes_in_commit_order_without_triggers() {
     assert_eq!(triggers, 0, "a table captured from the WAL has no capture trigger");
     let identity: String = one(&mut env, "SELECT relreplident::text FROM pg_class WHERE oid = 't'::regclass");
     assert_eq!(identity, "f", "sync_table sets REPLICA IDENTITY FULL");
+    // The backfill (read in chunks by the worker) first: its read then leads the stream.
+    env.wait_synced();
     // One transaction each.
     for sql in [
         "INSERT INTO t VALUES (2, 'a')",
@@ -193,8 +195,9 @@ fn transactions_decoded_before_they_are_visible_lose_nothing() {
 }
 
 /// Backfill under WAL capture reads the table in chunks and pushes them straight to Redis
-/// (no queue row per row), while 8 writers update, delete and insert the same rows: no chunk
-/// ever overwrites a newer change, no deleted row comes back. (Resync's drift repair under
+/// (no queue row per row), while 8 writers update, delete and insert the same rows and the
+/// table is rewritten: no chunk ever overwrites a newer change, no deleted row comes back, no
+/// row is missed. (Resync's drift repair under
 /// WAL capture is covered by the sync tests' WAL rerun.)
 #[test]
 fn backfill_of_a_million_rows_races_no_writer() {
@@ -231,6 +234,12 @@ fn backfill_of_a_million_rows_races_no_writer() {
     let capture: String = one(&mut env, "SELECT capture FROM redis.mapping WHERE active");
     assert_eq!(capture, "wal");
     assert!(rows > ROWS / 2, "sync_table says how many rows the table holds: {rows}");
+    // Rewritten mid-way (every row moves): the backfill reads it again from its start.
+    wait_for(120, "the backfill to be under way", || {
+        let done: Option<i64> = env.pg.query_one("SELECT max(backfilled_rows) FROM redis.status", &[]).unwrap().get(0);
+        done.unwrap_or(0) > 0
+    });
+    env.sql("VACUUM FULL t");
     wait_for(300, "the backfill to end", || {
         let left: i64 = env.pg.query_one("SELECT count(*) FROM redis.backfill", &[]).unwrap().get(0);
         left == 0

@@ -43,7 +43,8 @@ SELECT s.table_name,
        slot.retained AS wal_retained_bytes,
        slot.wal_status AS slot_wal_status,
        b.rows_done AS backfilled_rows,
-       b.rows_about AS backfill_rows_about
+       b.rows_about AS backfill_rows_about,
+       b.last_error AS backfill_error
   FROM (SELECT DISTINCT ON (scope) scope, table_name FROM scopes ORDER BY scope, table_name NULLS LAST) s
   LEFT JOIN queued q USING (scope)
   LEFT JOIN redis.delivery d USING (scope)

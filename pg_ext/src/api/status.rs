@@ -50,14 +50,8 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
     let mine = crate::capture::wake::committed_writes();
     let parked = as_extension_owner_pinned(|| {
         let first_dead = count_of("redis.dead_letter", "SELECT coalesce(max(id), 0) FROM redis.dead_letter", &[]);
-        let last = count_of("redis.outbox", "SELECT coalesce(max(id), 0) FROM redis.outbox", &[]);
-        // Under WAL capture: every commit before this call ends before the WAL's insert
-        // position now; the worker moves its slot past what Redis acknowledged.
-        let decoded = match slot_reaches(deadline) {
-            Some(decoded) => decoded,
-            None => return None,
-        };
-        // Backfills the worker reads in chunks (under WAL capture) end when all is in Redis.
+        // Backfills the worker reads in chunks (under WAL capture) end when all is in Redis;
+        // waited for first: one whose table left WAL capture queues its rows in the outbox.
         let mut pause = Duration::from_millis(1);
         while backfills_pending() {
             let now = Instant::now();
@@ -67,6 +61,13 @@ fn wait_synced(timeout_ms: default!(Option<i32>, "10000")) -> bool {
             sleep_interruptibly(pause.min(deadline - now));
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+        let last = count_of("redis.outbox", "SELECT coalesce(max(id), 0) FROM redis.outbox", &[]);
+        // Under WAL capture: every commit before this call ends before the WAL's insert
+        // position now; the worker moves its slot past what Redis acknowledged.
+        let decoded = match slot_reaches(deadline) {
+            Some(decoded) => decoded,
+            None => return None,
+        };
         if last > 0 {
             // SAFETY: reading this backend's database id.
             registry::wake(unsafe { pg_sys::MyDatabaseId });
@@ -218,8 +219,6 @@ fn cannot_read(what: &str, why: impl std::fmt::Display) -> ! {
     raise(Error::WaitCannotRead { what: what.to_owned(), reason: why.to_string() })
 }
 
-/// Whether the outbox holds an event up to `last` that another transaction wrote (this one's
-/// own, subtransactions included, are not committed yet and not waited for).
 /// Whether a backfill committed by another transaction is under way (this transaction's own
 /// cannot start before it commits).
 fn backfills_pending() -> bool {
@@ -234,6 +233,8 @@ fn backfills_pending() -> bool {
     xmins.iter().any(|x| !crate::pg::xact::is_current_transaction(*x as u32))
 }
 
+/// Whether the outbox holds an event up to `last` that another transaction wrote (this one's
+/// own, subtransactions included, are not committed yet and not waited for).
 fn others_pending(last: i64) -> bool {
     let mut after = 0i64;
     loop {

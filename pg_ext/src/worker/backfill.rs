@@ -43,6 +43,7 @@ struct Job {
     table: pg_sys::Oid,
     sweep: bool,
     leaf: Option<pg_sys::Oid>,
+    filenode: Option<pg_sys::Oid>,
     after: String,
     started_at: String,
 }
@@ -53,8 +54,8 @@ pub(super) struct Chunk {
     job: Job,
     mapping_id: i64,
     rows: Vec<String>,
-    /// Where the next chunk starts: the leaf and the last row read; None: the table is done.
-    next: Option<(pg_sys::Oid, String)>,
+    /// Where the next chunk starts: the leaf, its file, the last row read; None: all done.
+    next: Option<Next>,
     /// Keys of the table changed since the chunk was read (decoded again after a round that
     /// stopped: a key too many only leaves it to its change).
     changed: HashSet<String>,
@@ -87,6 +88,7 @@ impl Worker {
         let Some(job) = in_transaction("reading the backfills", next_job).flatten() else { return };
         let Some(mapping_id) = self.job_mapping(&job) else { return };
         self.chunks_made += 1;
+        self.chunk_read_at = Some(std::time::Instant::now());
         let number = self.chunks_made;
         let watermark = Watermark { table: job.table.to_u32(), chunk: number };
         let blocks = self.chunk_blocks;
@@ -117,12 +119,19 @@ impl Worker {
             Err(msg) => {
                 self.chunk_failed_at = Some(std::time::Instant::now());
                 log!("pg_redis: reading a chunk of table {} for its backfill failed: {msg}", job.table.to_u32());
-                // The table may have gone: the job goes with it; otherwise it is tried again.
-                in_transaction("checking a backfill's table", || {
+                // The table may have gone: the job goes with it. Otherwise it is tried again, after
+                // the other tables' backfills.
+                in_transaction("recording a backfill's failure", || {
                     Spi::run_with_args(
                         "DELETE FROM redis.backfill b WHERE table_oid = $1 \
                          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.table_oid)",
                         &[job.table.into()],
+                    )
+                    .unwrap_or_report();
+                    Spi::run_with_args(
+                        "UPDATE redis.backfill SET failed_at = now(), last_error = $3 \
+                          WHERE table_oid = $1 AND started_at = $2::timestamptz",
+                        &[job.table.into(), job.started_at.clone().into(), msg.clone().into()],
                     )
                     .unwrap_or_report()
                 });
@@ -147,7 +156,10 @@ impl Worker {
                         "pg_redis: table {} is captured by trigger now: its backfill is queued in the outbox",
                         table.to_u32()
                     );
-                    Spi::run_with_args("SELECT redis.resync($1::regclass)", &[table.into()]).unwrap_or_report();
+                    // Its lock waits for the table's writers: briefly, retried later.
+                    guc::with_settings([(c"lock_timeout", c"2s")], || {
+                        Spi::run_with_args("SELECT redis.resync($1::regclass)", &[table.into()]).unwrap_or_report()
+                    });
                     delete_job(job);
                     None
                 }
@@ -157,7 +169,10 @@ impl Worker {
                 }
             }
         })
-        .flatten()
+        .unwrap_or_else(|| {
+            self.chunk_failed_at = Some(std::time::Instant::now());
+            None
+        })
     }
 
     /// Follows a decoded record for the chunk in flight; at its watermark, returns the chunk's
@@ -218,11 +233,27 @@ impl Worker {
         let Some(chunk) = self.chunk.take() else { return };
         let job = &chunk.job;
         let n = chunk.rows.len() as i64;
+        // A sync_table or resync restarting the job holds its row until it commits: the worker
+        // never waits for it (delivery would stand still); the chunk is simply read again.
+        let ours = Spi::get_one_with_args::<bool>(
+            "SELECT true FROM redis.backfill WHERE table_oid = $1 AND started_at = $2::timestamptz FOR UPDATE SKIP LOCKED",
+            &[job.table.into(), job.started_at.clone().into()],
+        );
+        if !matches!(ours, Ok(Some(true))) {
+            return;
+        }
         match &chunk.next {
-            Some((leaf, after)) => Spi::run_with_args(
-                "UPDATE redis.backfill SET leaf = $3, after = $4::tid, rows_done = rows_done + $5 \
+            Some(next) => Spi::run_with_args(
+                "UPDATE redis.backfill SET leaf = $3, filenode = $4, after = $5::tid, rows_done = rows_done + $6, failed_at = NULL, last_error = NULL \
                   WHERE table_oid = $1 AND started_at = $2::timestamptz",
-                &[job.table.into(), job.started_at.clone().into(), (*leaf).into(), after.clone().into(), n.into()],
+                &[
+                    job.table.into(),
+                    job.started_at.clone().into(),
+                    next.leaf.into(),
+                    next.filenode.into(),
+                    next.after.clone().into(),
+                    n.into(),
+                ],
             )
             .unwrap_or_report(),
             None => {
@@ -249,7 +280,7 @@ fn next_job() -> Option<Job> {
         Spi::connect(|c| {
             let mut rows = c
                 .select(
-                    "SELECT table_oid, sweep, leaf, after::text, started_at::text FROM redis.backfill ORDER BY started_at, table_oid LIMIT 1",
+                    "SELECT table_oid, sweep, leaf, after::text, started_at::text, filenode FROM redis.backfill ORDER BY coalesce(failed_at, '-infinity'), started_at, table_oid LIMIT 1",
                     None,
                     &[],
                 )
@@ -261,6 +292,7 @@ fn next_job() -> Option<Job> {
                 leaf: r.get::<pg_sys::Oid>(3).ok().flatten(),
                 after: r.get::<String>(4).ok()??,
                 started_at: r.get::<String>(5).ok()??,
+                filenode: r.get::<pg_sys::Oid>(6).ok().flatten(),
             })
         })
     })
@@ -288,7 +320,15 @@ struct ChunkRead {
     blocks: i64,
     /// Whether the rows or bytes bound ended the chunk before its last block.
     stopped_early: bool,
-    next: Option<(pg_sys::Oid, String)>,
+    next: Option<Next>,
+}
+
+/// Where a job's next chunk starts.
+struct Next {
+    leaf: pg_sys::Oid,
+    /// The leaf's file when the position was taken.
+    filenode: Option<pg_sys::Oid>,
+    after: String,
 }
 
 /// Reads the job's next chunk: up to `blocks` blocks of the current leaf, rows after the last
@@ -296,6 +336,13 @@ struct ChunkRead {
 /// the table's owner, under the canonical settings, as `to_jsonb` of the whole row: the bytes
 /// the capture trigger queues.
 fn read_chunk(job: &Job, blocks: i64, target_rows: usize, max_bytes: usize) -> ChunkRead {
+    // Locked first (writers pass): what is read of its leaves below (which they are, their
+    // files, their sizes) then holds for the read. Unlocked, a VACUUM FULL could rewrite a leaf
+    // between the check of its file and the read, which would read the new file from a
+    // position in the old one.
+    let table = read::one::<String>("SELECT $1::regclass::text", &[job.table.into()]).unwrap_or_report();
+    let Some(table) = table else { error!("table {} is gone", job.table.to_u32()) };
+    Spi::run(&format!("LOCK TABLE {table} IN ACCESS SHARE MODE")).unwrap_or_report();
     let leaves: Vec<pg_sys::Oid> = Spi::connect(|c| {
         c.select(
             "SELECT p.relid FROM redis._partition_tree($1) p WHERE p.isleaf ORDER BY p.relid::oid::int8",
@@ -306,8 +353,15 @@ fn read_chunk(job: &Job, blocks: i64, target_rows: usize, max_bytes: usize) -> C
         .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
         .collect()
     });
-    // The job's leaf, or the next one when it left the table meanwhile.
+    let filenode_of = |leaf: pg_sys::Oid| {
+        read::one::<pg_sys::Oid>("SELECT pg_catalog.pg_relation_filenode($1)", &[leaf.into()]).ok().flatten()
+    };
+    // The job's leaf, or the next one when it left the table meanwhile; from its start when it
+    // was rewritten since (VACUUM FULL, CLUSTER: every row moved).
     let (leaf, after) = match job.leaf {
+        Some(l) if leaves.contains(&l) && job.filenode.is_some_and(|f| Some(f) != filenode_of(l)) => {
+            (l, "(0,0)".to_owned())
+        }
         Some(l) if leaves.contains(&l) => (l, job.after.clone()),
         Some(l) => match leaves.iter().find(|o| o.to_u32() > l.to_u32()) {
             Some(next) => (*next, "(0,0)".to_owned()),
@@ -371,13 +425,18 @@ fn read_chunk(job: &Job, blocks: i64, target_rows: usize, max_bytes: usize) -> C
             })
         })
     });
+    let filenode = filenode_of(leaf);
     let next = if stopped_early {
-        Some((leaf, last))
+        Some(Next { leaf, filenode, after: last })
     } else if end_block < size {
-        Some((leaf, end.clone()))
+        Some(Next { leaf, filenode, after: end.clone() })
     } else {
         // This leaf is done: the next one, from its start.
-        leaves.iter().find(|o| o.to_u32() > leaf.to_u32()).map(|l| (*l, "(0,0)".to_owned()))
+        leaves.iter().find(|o| o.to_u32() > leaf.to_u32()).map(|l| Next {
+            leaf: *l,
+            filenode: filenode_of(*l),
+            after: "(0,0)".to_owned(),
+        })
     };
     ChunkRead { rows, blocks: end_block - first_block, stopped_early, next }
 }

@@ -167,6 +167,10 @@ struct Worker {
     chunk_blocks: i64,
     /// When a chunk last could not be read.
     chunk_failed_at: Option<Instant>,
+    /// The last round left records in the slot (a backlog).
+    slot_behind: bool,
+    /// When the last chunk was read.
+    chunk_read_at: Option<Instant>,
 }
 
 impl Worker {
@@ -190,6 +194,8 @@ impl Worker {
             chunks_made: 0,
             chunk_blocks: backfill::FIRST_BLOCKS,
             chunk_failed_at: None,
+            slot_behind: false,
+            chunk_read_at: None,
         }
     }
 

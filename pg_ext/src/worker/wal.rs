@@ -235,7 +235,12 @@ impl Worker {
             self.recapture_due = false;
             self.recapture_tables();
         }
-        self.start_chunk_if_due();
+        // A chunk's watermark lands at the WAL's end: with a backlog to decode first, the chunk
+        // would wait (tracking every change meanwhile). The backlog goes first, for a second at
+        // most: writers that never let up must not starve the backfill.
+        if !self.slot_behind || self.chunk_read_at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            self.start_chunk_if_due();
+        }
         let limit = gucs::BATCH_SIZE.get() as i64;
         let this = AssertUnwindSafe(&mut *self);
         let peeked = name.clone();
@@ -245,6 +250,7 @@ impl Worker {
         });
         let drained = match round {
             Ok((drained, lsn)) => {
+                self.slot_behind = matches!(drained, Drained::Some { full: true });
                 if let Some(lsn) = lsn.filter(|l| *l > health.confirmed) {
                     let advanced = in_transaction("advancing the replication slot", || advance(&name, lsn)).is_some();
                     if advanced {

@@ -19,6 +19,10 @@ use pgrx::PgMemoryContexts;
 /// the number of rows: queued, or under WAL capture those the table holds now.
 pub(super) fn backfill(t: &Table, mapping_id: i64, sweep: bool) -> i64 {
     if as_extension_owner_pinned(|| capture_of(mapping_id)) != Capture::Wal {
+        // A backfill the worker had under way is replaced by this one.
+        as_extension_owner_pinned(|| {
+            Spi::run_with_args("DELETE FROM redis.backfill WHERE table_oid = $1", &[t.oid.into()]).unwrap_or_report()
+        });
         let n = queue_rows(t, mapping_id);
         if sweep {
             as_extension_owner_pinned(|| enqueue::table_event(mapping_id, OutboxOp::Sweep));
@@ -35,8 +39,8 @@ pub(super) fn backfill(t: &Table, mapping_id: i64, sweep: bool) -> i64 {
         Spi::run_with_args(
             "INSERT INTO redis.backfill (table_oid, mapping_id, sweep, rows_about) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (table_oid) DO UPDATE SET mapping_id = EXCLUDED.mapping_id, \
-                 sweep = redis.backfill.sweep OR EXCLUDED.sweep, leaf = NULL, after = '(0,0)', \
-                 rows_done = 0, rows_about = EXCLUDED.rows_about, started_at = now()",
+                 sweep = redis.backfill.sweep OR EXCLUDED.sweep, leaf = NULL, filenode = NULL, after = '(0,0)', \
+                 rows_done = 0, rows_about = EXCLUDED.rows_about, started_at = now(), failed_at = NULL, last_error = NULL",
             &[t.oid.into(), mapping_id.into(), sweep.into(), rows.into()],
         )
         .unwrap_or_report()
